@@ -1,0 +1,1 @@
+"""Stage two: a dialogue oracle over cached per-question vectors."""

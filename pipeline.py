@@ -1,0 +1,119 @@
+"""The `pipeline` command line: a thin click face over `extract` (stage one) and `classify` (stage two).
+
+Every command builds one frozen config dataclass; its options are generated from the dataclass fields (same names,
+defaults and help), so `--help` and the code cannot drift. Logging, device and seed are resolved here, once.
+
+    pipeline extract --games valid.jsonl.gz --regions regions.h5 --model oracle/ --out cache/valid.h5
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import types
+import typing
+from pathlib import Path
+
+import click
+
+log = logging.getLogger("pipeline")
+
+
+# ---------------------------------------------------------------- config dataclass → click options
+
+
+def config_options(cls: type) -> typing.Callable:
+    """Decorator adding one click option per field of the dataclass `cls` (name, default, help, type)."""
+
+    def decorate(function: typing.Callable) -> typing.Callable:
+        hints = typing.get_type_hints(cls)
+        for field in reversed(dataclasses.fields(cls)):
+            if field.metadata.get("cli", True):
+                function = _option(field, hints[field.name])(function)
+        return function
+
+    return decorate
+
+
+def _option(field: dataclasses.Field, hint: object) -> typing.Callable:
+    name = "--" + field.name.replace("_", "-")
+    required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+    default = None if required else (field.default if field.default is not dataclasses.MISSING else field.default_factory())
+    kwargs: dict = {"help": field.metadata.get("help", ""), "show_default": not required and default not in (None, ())}
+    if required:
+        kwargs["required"] = True
+    else:
+        kwargs["default"] = default
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):  # `X | None`
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is bool:
+        return click.option(f"{name}/--no-{name[2:]}", field.name, **kwargs)
+    if origin is tuple:  # tuple[X, ...]: the option may be repeated
+        kwargs.update(multiple=True, type=_click_type(args[0]))
+        kwargs["default"] = default or ()
+        kwargs["required"] = required
+        return click.option(name, field.name, **kwargs)
+    return click.option(name, field.name, type=_click_type(hint), **kwargs)
+
+
+def _click_type(hint: object) -> click.ParamType | type:
+    if typing.get_origin(hint) is typing.Literal:
+        return click.Choice([str(a) for a in typing.get_args(hint)])
+    if hint is Path:
+        return click.Path(path_type=Path)
+    return hint  # int, float, str
+
+
+def build(cls: type, values: dict) -> object:
+    """Make the config; a ValueError from its validation becomes a usage error (one line, exit 2)."""
+    try:
+        return cls(**{k: v for k, v in values.items() if k in {f.name for f in dataclasses.fields(cls)}})
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+
+
+def resolve_device(name: str) -> str:
+    """'auto' → 'cuda' when a GPU is visible, else 'cpu'; an explicit 'cuda' without one is an error."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise click.UsageError("--device cuda: no CUDA device is visible; use --device cpu or auto")
+    return name
+
+
+# ---------------------------------------------------------------- the command group
+
+
+class _Group(click.Group):
+    """Bad input from the libraries (ValueError, OSError) ends as one line and a non-zero exit, no traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except (ValueError, OSError, KeyError) as error:
+            if isinstance(error, click.ClickException):
+                raise
+            message = str(error) if not isinstance(error, KeyError) else f"missing key {error}"
+            raise click.ClickException(message) from None
+
+
+@click.group(cls=_Group)
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def main(verbose: bool) -> None:
+    """GuessWhat?! dialogue oracle: LXMERT vectors per question, then an LSTM over the dialogue."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+if __name__ == "__main__":
+    main()
