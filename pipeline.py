@@ -17,6 +17,8 @@ from pathlib import Path
 
 import click
 
+from extract.job import ExtractConfig
+
 log = logging.getLogger("pipeline")
 
 
@@ -49,8 +51,11 @@ def _option(field: dataclasses.Field, hint: object) -> typing.Callable:
     if origin in (typing.Union, types.UnionType):  # `X | None`
         hint = next(a for a in args if a is not type(None))
         origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is bool:
-        return click.option(f"{name}/--no-{name[2:]}", field.name, **kwargs)
+    if hint is bool:  # off by default: a plain flag; on by default: --x/--no-x
+        if default:
+            return click.option(f"{name}/--no-{name[2:]}", field.name, **kwargs)
+        kwargs["show_default"] = False
+        return click.option(name, field.name, is_flag=True, **kwargs)
     if origin is tuple:  # tuple[X, ...]: the option may be repeated
         kwargs.update(multiple=True, type=_click_type(args[0]))
         kwargs["default"] = default or ()
@@ -113,6 +118,60 @@ def main(verbose: bool) -> None:
         stream=sys.stderr,
         force=True,
     )
+
+
+# ---------------------------------------------------------------- stage one
+
+
+def _distributed(device: str) -> tuple[int, int, str, typing.Callable[[], None]]:
+    """(rank, world size, device, barrier) — under torchrun one process group per job, else a single process."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device, lambda: None
+    import torch.distributed as dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.startswith("cuda"):
+        device = f"cuda:{local_rank}"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return dist.get_rank(), world, device, dist.barrier
+
+
+@main.group()
+def regions() -> None:
+    """Region features: import the detector features you already have into one region store."""
+
+
+@regions.command("import-tsv")
+@click.argument("tsv", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Region store to write (.h5).")
+@click.option("--append", is_flag=True, help="Add images to an existing store; images already there are skipped.")
+def regions_import_tsv(tsv: tuple[Path, ...], out: Path, append: bool) -> None:
+    """Convert LXMERT's *_obj36.tsv files (train2014, val2014, ...) into one region store, streaming."""
+    from extract.regions import import_tsv
+
+    added, present = import_tsv(list(tsv), out, append=append)
+    click.echo(f"{out}: {added} images added, {present} already present")
+
+
+@main.command()
+@config_options(ExtractConfig)
+def extract(**values: object) -> None:
+    """Encode every question of a games file with LXMERT into an oracle cache (stage one)."""
+    from extract.job import run_extract
+
+    config = build(ExtractConfig, values)
+    rank, world, device, barrier = _distributed(resolve_device(config.device))
+    summary = run_extract(config, device, rank=rank, world=world, barrier=barrier)
+    if summary is not None:
+        click.echo(
+            f"{config.out}: {summary.games} games, {summary.questions} questions, "
+            f"{summary.questions / summary.seconds:.1f} q/s, {summary.bytes / 2**20:.1f} MiB"
+            + (f", {summary.skipped_missing} games skipped (image missing)" if summary.skipped_missing else "")
+        )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,168 @@
+"""Stage-two models: `DialogueOracle` (an LSTM over a game's turns) and `TurnOracle` (the single-turn baseline).
+
+Both read a `Batch` and return logits, never probabilities: the loss (in train.py) applies the softmax itself.
+Shapes: B games, T turns (padded), H cache feature size, D per-turn input size, K hidden size, 3 answers.
+
+Per-turn input = pooled [H] (+ target_vision [H]) (+ previous answer one-hot [4]: No, Yes, N/A, start; an unknown
+gold answer is all zeros) (+ target category embedding [CATEGORY_SIZE] and box [4]).
+
+    model = build_model(OracleSpec(kind="dialogue", feature_size=split.feature_size))
+    logits = model(batch)                        # [B, T, 3], gold previous answers (teacher forcing)
+    probs = answer_dialogues(model, batch)       # [B, T, 3], the model's own previous answers fed back
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from classify.data import NUM_CLASSES, PREVIOUS_START, Batch
+
+CATEGORY_SIZE = 32  # target category embedding width
+NUM_CATEGORIES = 91  # COCO category ids run 1..90; larger ids found in the training cache extend this
+PREVIOUS_SIZE = 4  # one-hot width of the previous answer: No, Yes, N/A, start
+
+
+@dataclass(frozen=True)
+class OracleSpec:
+    """Everything needed to rebuild a model; stored in every checkpoint as a plain dict."""
+
+    kind: Literal["dialogue", "turn"]
+    feature_size: int
+    target_vision: bool = True
+    answer_feedback: bool = True  # dialogue model only: previous answer one-hot in the input
+    target: bool = True  # target category embedding and box
+    hidden: int = 256
+    layers: int = 1
+    dropout: float = 0.3
+    num_categories: int = NUM_CATEGORIES
+
+    @property
+    def uses_feedback(self) -> bool:
+        return self.kind == "dialogue" and self.answer_feedback
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> OracleSpec:
+        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
+
+
+class TurnInputs(nn.Module):
+    """Concatenates the configured per-turn inputs into one vector [B, T, D]."""
+
+    def __init__(self, spec: OracleSpec, feedback: bool) -> None:
+        super().__init__()
+        self.spec, self.feedback = spec, feedback
+        self.category = nn.Embedding(spec.num_categories, CATEGORY_SIZE) if spec.target else None
+        self.size = spec.feature_size * (2 if spec.target_vision else 1)
+        self.size += (PREVIOUS_SIZE if feedback else 0) + ((CATEGORY_SIZE + 4) if spec.target else 0)
+
+    def forward(self, batch: Batch, turns: slice, previous: torch.Tensor | None = None) -> torch.Tensor:
+        """Inputs of `turns` ([B, T', D]); `previous` [B, T'] overrides the batch's gold previous answers."""
+        parts = [batch.pooled[:, turns]]
+        steps = parts[0].shape[1]
+        if self.spec.target_vision:
+            parts.append(batch.target_vision[:, turns])
+        if self.feedback:
+            codes = batch.previous[:, turns] if previous is None else previous
+            # PREVIOUS_UNKNOWN is one-hot column 4, dropped: an unknown gold answer carries no information
+            parts.append(F.one_hot(codes, PREVIOUS_SIZE + 1)[..., :PREVIOUS_SIZE].float())
+        if self.category is not None:
+            category = self.category(batch.category.clamp(0, self.spec.num_categories - 1))
+            target = torch.cat([category, batch.box], dim=-1)  # [B, CATEGORY_SIZE + 4]
+            parts.append(target[:, None, :].expand(-1, steps, -1))
+        return torch.cat(parts, dim=-1)
+
+
+class DialogueOracle(nn.Module):
+    """Unidirectional LSTM over the turns of each game → dropout → Linear → 3 logits per turn."""
+
+    def __init__(self, spec: OracleSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.inputs = TurnInputs(spec, feedback=spec.answer_feedback)
+        self.lstm = nn.LSTM(
+            self.inputs.size,
+            spec.hidden,
+            num_layers=spec.layers,
+            batch_first=True,
+            dropout=spec.dropout if spec.layers > 1 else 0.0,
+        )
+        self.dropout = nn.Dropout(spec.dropout)
+        self.head = nn.Linear(spec.hidden, NUM_CLASSES)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Logits [B, T, 3] with gold previous answers (zeros at padding)."""
+        x = self.inputs(batch, slice(None))  # [B, T, D]
+        packed = pack_padded_sequence(x, batch.lengths, batch_first=True, enforce_sorted=False)
+        output, _ = self.lstm(packed)
+        output, _ = pad_packed_sequence(output, batch_first=True, total_length=x.shape[1])  # [B, T, K]
+        return self.head(self.dropout(output))
+
+    def step(
+        self, batch: Batch, turn: int, previous: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """One turn for every game: logits [B, 3] and the new LSTM state; `previous` [B] answer codes."""
+        x = self.inputs(batch, slice(turn, turn + 1), previous[:, None])  # [B, 1, D]
+        output, state = self.lstm(x, state)
+        return self.head(self.dropout(output[:, 0])), state
+
+
+class TurnOracle(nn.Module):
+    """Single-turn baseline: the same per-turn inputs minus anything from other turns → MLP → 3 logits."""
+
+    def __init__(self, spec: OracleSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.inputs = TurnInputs(spec, feedback=False)
+        self.mlp = nn.Sequential(
+            nn.Linear(self.inputs.size, spec.hidden),
+            nn.ReLU(),
+            nn.Dropout(spec.dropout),
+            nn.Linear(spec.hidden, NUM_CLASSES),
+        )
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Logits [B, T, 3] (padding rows get logits too; the loss ignores them)."""
+        return self.mlp(self.inputs(batch, slice(None)))
+
+
+def build_model(spec: OracleSpec) -> DialogueOracle | TurnOracle:
+    if spec.kind == "dialogue":
+        return DialogueOracle(spec)
+    if spec.kind == "turn":
+        return TurnOracle(spec)
+    raise ValueError(f"unknown model kind {spec.kind!r}; expected 'dialogue' or 'turn'")
+
+
+@torch.no_grad()
+def answer_dialogues(model: nn.Module, batch: Batch, history: Literal["own", "gold"] = "own") -> torch.Tensor:
+    """Answer probabilities [B, T, 3], in eval mode.
+
+    history="own": each turn sees the model's own answer to the turn before (how new games are answered);
+    history="gold": each turn sees the gold previous answer (teacher forcing). The two agree for models
+    without answer feedback.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        if history == "gold" or not model.spec.uses_feedback:
+            return model(batch).softmax(dim=-1)
+        steps, state = [], None
+        previous = torch.full_like(batch.lengths, PREVIOUS_START, device=batch.pooled.device)
+        for turn in range(batch.pooled.shape[1]):
+            logits, state = model.step(batch, turn, previous, state)
+            steps.append(logits.softmax(dim=-1))
+            previous = logits.argmax(dim=-1)
+        return torch.stack(steps, dim=1)
+    finally:
+        model.train(was_training)
+

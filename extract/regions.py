@@ -1,0 +1,146 @@
+"""The region store: detector region features for every image, in one HDF5 file keyed by COCO file stem.
+
+Layout: one group per image stem with `features [K, D]` float16 and `boxes [K, 4]` float32 (pixel x1, y1, x2, y2),
+and attrs `height`, `width`. `import_tsv` converts LXMERT's released `*_obj36.tsv` files by streaming them.
+
+    import_tsv([Path("val2014_obj36.tsv")], Path("regions.h5"))
+    regions = RegionStore(Path("regions.h5"))["COCO_val2014_000000534127"]
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+TSV_FIELDS = (
+    "img_id", "img_h", "img_w", "objects_id", "objects_conf", "attrs_id", "attrs_conf", "num_boxes", "boxes", "features",
+)  # fmt: skip
+
+
+class RegionError(ValueError):
+    """Bad or missing region features; the message names the file and image."""
+
+
+@dataclass(frozen=True)
+class ImageRegions:
+    features: np.ndarray  # [K, D] float32
+    boxes: np.ndarray  # [K, 4] float32, pixel x1, y1, x2, y2
+    height: int
+    width: int
+
+
+class RegionStore:
+    """Read access to a region store; opens the file lazily so the object can cross process boundaries."""
+
+    def __init__(self, path: Path) -> None:
+        if not Path(path).is_file():
+            raise RegionError(f"{path}: region store not found; make one with `pipeline regions import-tsv`")
+        self.path = Path(path)
+        self._h5: h5py.File | None = None
+
+    @property
+    def h5(self) -> h5py.File:
+        if self._h5 is None:
+            self._h5 = h5py.File(self.path, "r")
+        return self._h5
+
+    def __contains__(self, stem: str) -> bool:
+        return stem in self.h5 and "boxes" in self.h5[stem]
+
+    def __getitem__(self, stem: str) -> ImageRegions:
+        if stem not in self:
+            raise RegionError(f"{self.path}: no regions for image {stem}")
+        group = self.h5[stem]
+        return ImageRegions(
+            features=group["features"][:].astype(np.float32),
+            boxes=group["boxes"][:].astype(np.float32),
+            height=int(group.attrs["height"]),
+            width=int(group.attrs["width"]),
+        )
+
+    @property
+    def feature_size(self) -> int:
+        for stem in self.h5:
+            return int(self.h5[stem]["features"].shape[1])
+        raise RegionError(f"{self.path}: region store is empty")
+
+    def close(self) -> None:
+        if self._h5 is not None:
+            self._h5.close()
+            self._h5 = None
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "_h5": None}
+
+
+def write_image(h5: h5py.File, stem: str, features: np.ndarray, boxes: np.ndarray, height: int, width: int) -> None:
+    """Add one image's regions to an open store. `boxes` go last, so a group with boxes is complete."""
+    if stem in h5:
+        del h5[stem]  # a group left half-written by a killed import
+    group = h5.create_group(stem)
+    group.attrs["height"], group.attrs["width"] = int(height), int(width)
+    group.create_dataset("features", data=np.asarray(features, dtype=np.float16))
+    group.create_dataset("boxes", data=np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
+
+
+def _decode(text: str, dtype: type, shape: tuple[int, ...], where: str) -> np.ndarray:
+    try:
+        return np.frombuffer(base64.b64decode(text), dtype=dtype).reshape(shape)
+    except ValueError as error:
+        raise RegionError(f"{where}: cannot decode array of shape {shape} ({error})") from None
+
+
+def import_tsv(tsv_paths: list[Path], out: Path, append: bool = False) -> tuple[int, int]:
+    """Stream LXMERT obj36 TSV files into a region store; returns (images added, images already present).
+
+    Memory stays flat: one row is decoded, written and dropped at a time. Without `append` a new store is built
+    under a temporary name and renamed at the end; rerunning after a crash continues that temporary file.
+    With `append`, rows go straight into `out`, and images already there are skipped.
+    """
+    if out.exists() and not append:
+        raise RegionError(f"{out}: region store exists; pass --append to add images to it")
+    for path in tsv_paths:
+        if not path.is_file():
+            raise RegionError(f"{path}: TSV file not found")
+    target = out if append else out.with_name(out.name + ".partial")
+    csv.field_size_limit(sys.maxsize)  # the base64 feature column is ~400 KB per row
+    added = present = 0
+    with h5py.File(target, "a") as h5:
+        for path in tsv_paths:
+            with open(path, newline="") as handle, tqdm(desc=f"import {path.name}", unit="img") as bar:
+                reader = csv.DictReader(handle, fieldnames=TSV_FIELDS, delimiter="\t")
+                for number, row in enumerate(reader, start=1):
+                    stem = row["img_id"]
+                    if stem in h5 and "boxes" in h5[stem]:
+                        present += 1
+                    else:
+                        _write_row(h5, row, f"{path}:{number}")
+                        added += 1
+                    bar.update()
+    if not append:
+        target.replace(out)
+    log.info("%s: %d images added, %d already present", out, added, present)
+    return added, present
+
+
+def _write_row(h5: h5py.File, row: dict, where: str) -> None:
+    try:
+        n = int(row["num_boxes"])
+        height, width = int(row["img_h"]), int(row["img_w"])
+    except (TypeError, ValueError):
+        raise RegionError(f"{where}: bad num_boxes/img_h/img_w; is this an LXMERT obj36 TSV?") from None
+    if row.get("features") is None:
+        raise RegionError(f"{where}: row has fewer than {len(TSV_FIELDS)} columns")
+    boxes = _decode(row["boxes"], np.float32, (n, 4), where)
+    features = _decode(row["features"], np.float32, (n, -1), where)
+    write_image(h5, row["img_id"], features, boxes, height, width)
