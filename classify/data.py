@@ -1,8 +1,9 @@
 """One split of the oracle cache in memory, and padded batches of whole games cut from it.
 
-Input: an oracle cache file (HDF5, schema in DESIGN.md) or the same columns as arrays (predict builds those in
-memory). Output: a `Split` (every row loaded once; fp16 features stay fp16) and `Batch`es of many games, padded
-to the longest game, with lengths on CPU for `pack_padded_sequence` and IGNORE_INDEX at padding and unknown answers.
+Input: an oracle cache file (HDF5, schema in DESIGN.md) or the same columns as arrays (predict builds those
+in memory). Output: a `Split` (every row loaded once; fp16 features stay fp16) and `Batch`es of many games,
+padded to the longest game, lengths on CPU for `pack_padded_sequence`, IGNORE_INDEX at padding and unknown
+answers.
 
     split = read_split(Path("cache/valid.h5"), target_vision=True)
     for batch in batches(split, batch_size=64, rng=np.random.default_rng(0)):
@@ -84,20 +85,29 @@ class Batch:
 
 
 def read_split(path: Path, target_vision: bool = True, questions: bool = False) -> Split:
-    """Load a cache file into memory and validate it; skip `target_vision` / question strings when not needed."""
+    """Load a cache file into memory and validate it; `target_vision` and question strings only if asked."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such cache file; make one with `pipeline extract`")
     with h5py.File(path, "r") as h5:
         attrs = dict(h5.attrs)
         _check_attrs(path, attrs)
-        missing = [n for n in ("qid", "game_id", "turn", "answer", "target_category", "target_box", "pooled") if n not in h5]
+        missing = [
+            n
+            for n in ("qid", "game_id", "turn", "answer", "target_category", "target_box", "pooled")
+            if n not in h5
+        ]
         if missing or (target_vision and "target_vision" not in h5):
             raise ValueError(f"{path}: not an oracle cache, missing datasets {missing or ['target_vision']}")
-        columns = {name: h5[name][:] for name in ("qid", "game_id", "turn", "answer", "target_category", "target_box")}
+        columns = {
+            name: h5[name][:]
+            for name in ("qid", "game_id", "turn", "answer", "target_category", "target_box")
+        }
         columns["pooled"] = h5["pooled"][:]
         columns["target_vision"] = h5["target_vision"][:] if target_vision else None
-        columns["question"] = [s.decode() if isinstance(s, bytes) else s for s in h5["question"][:]] if questions else None
+        columns["question"] = (
+            [s.decode() if isinstance(s, bytes) else s for s in h5["question"][:]] if questions else None
+        )
     return make_split(str(path), attrs=attrs, **columns)
 
 
@@ -113,17 +123,33 @@ def _check_attrs(path: Path, attrs: dict) -> None:
         raise ValueError(f"{path}: answer labels {list(labels)}, expected {list(LABELS)}")
 
 
-def make_split(source: str, *, qid, game_id, turn, answer, target_category, target_box, pooled, target_vision=None,
-               question=None, attrs: dict | None = None) -> Split:
+def make_split(
+    source: str,
+    *,
+    qid,
+    game_id,
+    turn,
+    answer,
+    target_category,
+    target_box,
+    pooled,
+    target_vision=None,
+    question=None,
+    attrs: dict | None = None,
+) -> Split:
     """Build and validate a Split from arrays (rows contiguous per game, in dialogue order)."""
     qid, game_id = np.asarray(qid, dtype=np.int64), np.asarray(game_id, dtype=np.int64)
     if len(qid) == 0:
-        raise ValueError(f"{source}: the split is empty (no questions); check the status filter used by extract")
+        raise ValueError(
+            f"{source}: the split is empty (no questions); check the status filter used by extract"
+        )
     pooled = np.asarray(pooled)
     if pooled.ndim != 2 or pooled.shape[0] != len(qid):
         raise ValueError(f"{source}: pooled has shape {pooled.shape}, expected [{len(qid)}, H]")
     if target_vision is not None and np.shape(target_vision) != pooled.shape:
-        raise ValueError(f"{source}: target_vision has shape {np.shape(target_vision)}, pooled {pooled.shape}")
+        raise ValueError(
+            f"{source}: target_vision has shape {np.shape(target_vision)}, pooled {pooled.shape}"
+        )
     for name, features in (("pooled", pooled), ("target_vision", target_vision)):
         if features is not None:
             _check_finite(source, name, features, qid)
@@ -132,8 +158,10 @@ def make_split(source: str, *, qid, game_id, turn, answer, target_category, targ
     expected = np.arange(len(qid)) - np.repeat(starts[:-1], np.diff(starts))
     wrong = np.flatnonzero(turn != expected)
     if len(wrong):
-        raise ValueError(f"{source}: question {qid[wrong[0]]} is turn {turn[wrong[0]]} but row {expected[wrong[0]]} "
-                         f"of game {game_id[wrong[0]]}; rows must be in dialogue order")
+        raise ValueError(
+            f"{source}: question {qid[wrong[0]]} is turn {turn[wrong[0]]} but row {expected[wrong[0]]} "
+            f"of game {game_id[wrong[0]]}; rows must be in dialogue order"
+        )
     return Split(
         source=source,
         qid=qid,
@@ -155,7 +183,9 @@ def _check_finite(source: str, name: str, features: np.ndarray, qid: np.ndarray)
         bad = np.flatnonzero(~np.isfinite(features[begin : begin + _CHECK_ROWS]).all(axis=1))
         if len(bad):
             qids = ", ".join(str(q) for q in qid[begin + bad[:5]])
-            raise ValueError(f"{source}: {name} has NaN/inf features, first at questions {qids}; re-extract them")
+            raise ValueError(
+                f"{source}: {name} has NaN/inf features, first at questions {qids}; re-extract them"
+            )
 
 
 def _game_starts(source: str, game_id: np.ndarray, qid: np.ndarray) -> np.ndarray:
@@ -166,13 +196,15 @@ def _game_starts(source: str, game_id: np.ndarray, qid: np.ndarray) -> np.ndarra
         values, counts = np.unique(run_ids, return_counts=True)
         game = values[counts > 1][0]
         first = qid[game_id == game][0]
-        raise ValueError(f"{source}: game {game} (question {first}) is split over separate rows; rows must be "
-                         "contiguous per game")
+        raise ValueError(
+            f"{source}: game {game} (question {first}) is split over separate rows; rows must be "
+            "contiguous per game"
+        )
     return starts
 
 
 def previous_answers(split: Split) -> np.ndarray:
-    """Per row: the gold answer of the turn before, PREVIOUS_START at turn 0, PREVIOUS_UNKNOWN if not known."""
+    """Per row: gold answer of the turn before; PREVIOUS_START at turn 0, PREVIOUS_UNKNOWN if not known."""
     previous = np.empty(len(split.qid), dtype=np.int64)
     previous[1:] = split.answer[:-1]
     previous[previous == UNKNOWN] = PREVIOUS_UNKNOWN
@@ -181,7 +213,7 @@ def previous_answers(split: Split) -> np.ndarray:
 
 
 def make_batch(split: Split, games: np.ndarray, previous: np.ndarray | None = None) -> Batch:
-    """Pad the games with the given indices into one Batch (`previous` from previous_answers, computed once)."""
+    """Pad the games with these indices into one Batch (`previous`: previous_answers, computed once)."""
     starts, lengths = split.starts[games], split.lengths[games]
     longest = int(lengths.max())
     offsets = np.arange(longest)

@@ -1,8 +1,8 @@
 """Evaluation: trained runs and/or a predictions file scored on gold answers, as tables and report.json.
 
-Input: `EvaluateConfig` (the `pipeline evaluate` options); gold answers from a cache, or `Questions` built by the
-caller from a games file. Output: (report dict, table text); the report is also written as JSON. A run with
-answer feedback gets two columns: own answers fed back (the honest number) and gold history.
+Input: `EvaluateConfig` (the `pipeline evaluate` options); gold answers from a cache, or `Questions` built by
+the caller from a games file. Output: (report dict, table text); the report is also written as JSON. A run
+with answer feedback gets two columns: own answers fed back (the honest number) and gold history.
 
     report, text = evaluate(EvaluateConfig(run=(Path("runs/turn"), Path("runs/dialogue")),
                                            cache=Path("cache/test.h5")), device="cpu")
@@ -24,7 +24,7 @@ from torch import nn
 
 from classify.data import LABELS, Split, batches, read_split
 from classify.metrics import Questions, format_report, score
-from classify.model import OracleSpec, answer_dialogues
+from classify.model import answer_dialogues
 from classify.run import check_split, checkpoint_path, load_model
 
 log = logging.getLogger(__name__)
@@ -37,21 +37,30 @@ class EvaluateConfig:
     """Options of `pipeline evaluate` (option names are the field names)."""
 
     run: tuple[Path, ...] = field(
-        default=(), metadata={"help": "Run directory from `pipeline train` (repeat to compare runs side by side)."}
+        default=(),
+        metadata={"help": "Run directory from `pipeline train` (repeat to compare runs side by side)."},
     )
-    cache: Path | None = field(default=None, metadata={"help": "Oracle cache with gold answers (and features for --run)."})
+    cache: Path | None = field(
+        default=None, metadata={"help": "Oracle cache with gold answers (and features for --run)."}
+    )
     predictions: Path | None = field(
-        default=None, metadata={"help": "Predictions to score: qid,answer CSV or JSONL with qid and answer fields."}
+        default=None,
+        metadata={"help": "Predictions to score: qid,answer CSV or JSONL with qid and answer fields."},
     )
     games: Path | None = field(
-        default=None, metadata={"help": "Games file with gold answers for --predictions (instead of --cache)."}
+        default=None,
+        metadata={"help": "Games file with gold answers for --predictions (instead of --cache)."},
     )
-    status: str = field(default="success", metadata={"help": "Game statuses kept from --games ('all' or a list)."})
+    status: str = field(
+        default="success", metadata={"help": "Game statuses kept from --games ('all' or a list)."}
+    )
     subset: Path | None = field(
-        default=None, metadata={"help": "Also score only these qids: one per line, or CSV with a question_id column."}
+        default=None,
+        metadata={"help": "Also score only these qids: one per line, or CSV with a question_id column."},
     )
     out: Path | None = field(
-        default=None, metadata={"help": "report.json path (default: in the first run dir, else beside --predictions)."}
+        default=None,
+        metadata={"help": "report.json path (default: in the first run dir, else beside --predictions)."},
     )
     batch_size: int = field(default=256, metadata={"help": "Games per batch."})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N."})
@@ -76,7 +85,9 @@ class EvaluateConfig:
         return self.predictions.with_name(self.predictions.name + ".report.json")
 
 
-def evaluate(config: EvaluateConfig, device: str | torch.device, questions: Questions | None = None) -> tuple[dict, str]:
+def evaluate(
+    config: EvaluateConfig, device: str | torch.device, questions: Questions | None = None
+) -> tuple[dict, str]:
     """Score every run and the predictions file; write report.json; return the report and the tables."""
     models = [(run, *load_model(run, device)) for run in config.run]
     split = None
@@ -93,11 +104,21 @@ def evaluate(config: EvaluateConfig, device: str | torch.device, questions: Ques
         for history in ("own", "gold") if model.spec.uses_feedback else ("own",):
             label = name if not model.spec.uses_feedback else f"{name} {history}"
             probs = answer_split(model, split, config.batch_size, device, history)
-            columns[label] = ({"run": str(checkpoint_path(run)), "history": history, "spec": model.spec.to_dict(),
-                               "epoch": checkpoint["epoch"]}, probs.argmax(axis=1))
+            columns[label] = (
+                {
+                    "run": str(checkpoint_path(run)),
+                    "history": history,
+                    "spec": model.spec.to_dict(),
+                    "epoch": checkpoint["epoch"],
+                },
+                probs.argmax(axis=1),
+            )
     if config.predictions is not None:
         name = _unique(config.predictions.name, columns)
-        columns[name] = ({"predictions": str(config.predictions)}, align(read_predictions(config.predictions), questions))
+        columns[name] = (
+            {"predictions": str(config.predictions)},
+            align(read_predictions(config.predictions), questions),
+        )
     return _report(config, questions, columns)
 
 
@@ -111,8 +132,13 @@ def _report(config: EvaluateConfig, questions: Questions, columns: dict) -> tupl
     if config.subset is not None:
         mask = np.isin(questions.qid, read_subset(config.subset))
         report["subset"] = {"file": str(config.subset), "questions": int(mask.sum())}
-        subset_scores = {name: score(questions, predicted, mask, context) for name, (_, predicted) in columns.items()}
-        text.append(f"Subset {config.subset} ({int(mask.sum())} questions)\n\n" + format_report(list(subset_scores.items())))
+        subset_scores = {
+            name: score(questions, predicted, mask, context) for name, (_, predicted) in columns.items()
+        }
+        text.append(
+            f"Subset {config.subset} ({int(mask.sum())} questions)\n\n"
+            + format_report(list(subset_scores.items()))
+        )
     for name, (description, _) in columns.items():
         report["columns"][name] = {**description, "all": scored[name]}
         if name in subset_scores:
@@ -133,8 +159,9 @@ def _unique(name: str, taken: dict) -> str:
     return candidate
 
 
-def answer_split(model: nn.Module, split: Split, batch_size: int, device: str | torch.device,
-                 history: str = "own") -> np.ndarray:
+def answer_split(
+    model: nn.Module, split: Split, batch_size: int, device: str | torch.device, history: str = "own"
+) -> np.ndarray:
     """Answer probabilities [N, 3] for every row of the split, in row order (see model.answer_dialogues)."""
     probs = np.zeros((len(split.qid), len(LABELS)), dtype=np.float32)
     for batch in batches(split, batch_size):
@@ -145,18 +172,19 @@ def answer_split(model: nn.Module, split: Split, batch_size: int, device: str | 
     return probs
 
 
-def needs_target_vision(spec: OracleSpec) -> bool:
-    return spec.target_vision
-
-
 def parse_label(value: object) -> int:
     """'Yes', 'yes', '<yes>', 'N/A', 'NA' or a label id → 0, 1, 2; KeyError otherwise."""
     return _LABEL_IDS[str(value).strip().strip("<>").strip().casefold()]
 
 
 def read_predictions(path: Path) -> dict[int, int]:
-    """qid → label from a `qid,answer` CSV (header optional) or JSONL (objects with qid/question_id and answer)."""
-    text = (gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")).read()
+    """qid → label from a `qid,answer` CSV (header optional) or JSONL (objects with qid and answer)."""
+    with (
+        gzip.open(path, "rt", encoding="utf-8")
+        if path.suffix == ".gz"
+        else open(path, encoding="utf-8") as handle
+    ):
+        text = handle.read()
     first = next((line for line in text.splitlines() if line.strip()), "")
     records = _json_records(text, path) if first.lstrip().startswith("{") else _csv_records(text, path)
     predictions = {}
@@ -164,7 +192,9 @@ def read_predictions(path: Path) -> dict[int, int]:
         try:
             predictions[int(qid)] = parse_label(answer)
         except (KeyError, TypeError, ValueError):
-            raise ValueError(f"{where}: bad prediction (qid {qid!r}, answer {answer!r}); answers are Yes, No or N/A") from None
+            raise ValueError(
+                f"{where}: bad prediction (qid {qid!r}, answer {answer!r}); answers are Yes, No or N/A"
+            ) from None
     if not predictions:
         raise ValueError(f"{path}: no predictions found")
     return predictions
@@ -178,7 +208,9 @@ def _json_records(text: str, path: Path):
             record = json.loads(line)
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}:{number}: malformed JSON ({error.msg})") from None
-        nested = next((record[k] for k in ("turns", "qas", "questions") if isinstance(record.get(k), list)), None)
+        nested = next(
+            (record[k] for k in ("turns", "qas", "questions") if isinstance(record.get(k), list)), None
+        )
         for item in nested if nested is not None else [record]:
             qid = next((item[k] for k in ("qid", "question_id", "id") if k in item), None)
             yield f"{path}:{number}", qid, item.get("answer", item.get("a"))
@@ -188,7 +220,9 @@ def _csv_records(text: str, path: Path):
     rows = list(csv.reader(io.StringIO(text)))
     header = [cell.strip().casefold() for cell in rows[0]] if rows else []
     has_header = bool(header) and not header[0].lstrip("-").isdigit()
-    qid_column = next((header.index(k) for k in ("qid", "question_id") if k in header), 0) if has_header else 0
+    qid_column = (
+        next((header.index(k) for k in ("qid", "question_id") if k in header), 0) if has_header else 0
+    )
     answer_column = header.index("answer") if has_header and "answer" in header else 1
     for number, row in enumerate(rows[1:] if has_header else rows, start=2 if has_header else 1):
         if row:
@@ -201,8 +235,10 @@ def align(predictions: dict[int, int], questions: Questions) -> np.ndarray:
     """Predicted labels in the order of `questions`; every gold question must have a prediction."""
     missing = [int(q) for q in questions.qid if int(q) not in predictions]
     if missing:
-        raise ValueError(f"no prediction for {len(missing)} of {len(questions.qid)} gold questions, first qids "
-                         f"{missing[:5]}; is it the same split and status filter?")
+        raise ValueError(
+            f"no prediction for {len(missing)} of {len(questions.qid)} gold questions, first qids "
+            f"{missing[:5]}; is it the same split and status filter?"
+        )
     extra = len(predictions) - len(questions.qid)
     if extra > 0:
         log.warning("%d predictions have no gold question (other games or statuses): not scored", extra)
@@ -211,11 +247,17 @@ def align(predictions: dict[int, int], questions: Questions) -> np.ndarray:
 
 def read_subset(path: Path) -> np.ndarray:
     """qids from a file of one qid per line, or a CSV with a question_id (or qid) column."""
-    rows = [row for row in csv.reader(io.StringIO(Path(path).read_text(encoding="utf-8"))) if row and row[0].strip()]
+    rows = [
+        row
+        for row in csv.reader(io.StringIO(Path(path).read_text(encoding="utf-8")))
+        if row and row[0].strip()
+    ]
     header = [cell.strip().casefold() for cell in rows[0]] if rows else []
     column = next((header.index(k) for k in ("question_id", "qid") if k in header), None)
     if column is None and header and not header[0].strip().isdigit():
-        raise ValueError(f"{path}: expected one qid per line or a CSV with a question_id column, got {rows[0]}")
+        raise ValueError(
+            f"{path}: expected one qid per line or a CSV with a question_id column, got {rows[0]}"
+        )
     body = rows[1:] if column is not None else rows
     try:
         return np.array([int(row[column or 0]) for row in body], dtype=np.int64)

@@ -1,10 +1,10 @@
 """Scores of predicted answers against gold ones, and the text tables `pipeline evaluate` prints.
 
 Input: `Questions` (gold answers and question text, rows contiguous per game in dialogue order) and one
-predicted label per row. Output: a JSON-ready dict of tables — overall accuracy, per-class precision/recall/F1,
-macro-F1, 3×3 confusion (rows gold, columns predicted), and accuracy by turn, by previous gold answer, after an
-earlier Yes, and by question type. Questions with an unknown gold answer are not scored. Context (turn, previous
-answer, earlier Yes) always comes from the whole game, also when a subset of its questions is scored.
+predicted label per row. Output: a JSON-ready dict of tables — overall accuracy, per-class precision, recall
+and F1, macro-F1, 3×3 confusion (rows gold, columns predicted), and accuracy by turn, by previous gold answer,
+after an earlier Yes, and by question type. Questions with an unknown gold answer are not scored. Context
+(turn, previous answer, earlier Yes) comes from the whole game, also when only a subset is scored.
 
     scores = score(questions, predicted, mask=np.isin(questions.qid, subset))
     print(format_report([("dialogue", scores)]))
@@ -23,10 +23,18 @@ TURN_GROUPS = tuple(str(t) for t in range(1, 10)) + (">=10",)
 PREVIOUS_GROUPS = ("first question", "after Yes", "after No", "after N/A", "after unknown")
 EARLIER_YES_GROUPS = ("after an earlier Yes", "no earlier Yes")
 TYPE_GROUPS = QUESTION_TYPES + (OTHER,)
-GROUPINGS = {"by_turn": TURN_GROUPS, "by_previous": PREVIOUS_GROUPS, "earlier_yes": EARLIER_YES_GROUPS,
-             "by_type": TYPE_GROUPS}
-TITLES = {"by_turn": "Accuracy by turn", "by_previous": "Accuracy by previous gold answer",
-          "earlier_yes": "Accuracy after an earlier Yes in the game", "by_type": "Accuracy by question type"}
+GROUPINGS = {
+    "by_turn": TURN_GROUPS,
+    "by_previous": PREVIOUS_GROUPS,
+    "earlier_yes": EARLIER_YES_GROUPS,
+    "by_type": TYPE_GROUPS,
+}
+TITLES = {
+    "by_turn": "Accuracy by turn",
+    "by_previous": "Accuracy by previous gold answer",
+    "earlier_yes": "Accuracy after an earlier Yes in the game",
+    "by_type": "Accuracy by question type",
+}
 
 
 @dataclass(frozen=True)
@@ -61,8 +69,12 @@ class Questions:
         }
 
 
-def score(questions: Questions, predicted: np.ndarray, mask: np.ndarray | None = None,
-          context: dict[str, np.ndarray] | None = None) -> dict:
+def score(
+    questions: Questions,
+    predicted: np.ndarray,
+    mask: np.ndarray | None = None,
+    context: dict[str, np.ndarray] | None = None,
+) -> dict:
     """All tables for the rows in `mask` (default: all) whose gold answer is known."""
     gold = np.asarray(questions.answer, dtype=np.int64)
     predicted = np.asarray(predicted, dtype=np.int64)
@@ -76,8 +88,12 @@ def score(questions: Questions, predicted: np.ndarray, mask: np.ndarray | None =
         precision = true_positive / predicted_k if predicted_k else 0.0
         recall = true_positive / gold_k if gold_k else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        classes[label] = {"precision": float(precision), "recall": float(recall), "f1": float(f1),
-                          "support": int(gold_k)}
+        classes[label] = {
+            "precision": float(precision),
+            "recall": float(recall),
+            "f1": float(f1),
+            "support": int(gold_k),
+        }
         if gold_k or predicted_k:  # macro-F1 over the classes that occur (in gold or predictions)
             f1s.append(f1)
     tables = {
@@ -89,9 +105,13 @@ def score(questions: Questions, predicted: np.ndarray, mask: np.ndarray | None =
     }
     for grouping, groups in GROUPINGS.items():
         labels = context[grouping][keep]
-        tables[grouping] = {group: {"questions": int((labels == group).sum()),
-                                    "accuracy": _accuracy(g[labels == group], p[labels == group])}
-                            for group in groups}
+        tables[grouping] = {
+            group: {
+                "questions": int((labels == group).sum()),
+                "accuracy": _accuracy(g[labels == group], p[labels == group]),
+            }
+            for group in groups
+        }
     return tables
 
 
@@ -100,25 +120,48 @@ def _accuracy(gold: np.ndarray, predicted: np.ndarray) -> float | None:
 
 
 def format_report(columns: list[tuple[str, dict]]) -> str:
-    """Tables of several score dicts side by side (one column each); percentages, '-' where nothing to score."""
+    """Tables of several score dicts side by side, one column each; percentages, '-' for nothing scored."""
     names = [name for name, _ in columns]
     first = columns[0][1]
-    blocks = [_table("Overall", names, [
-        ("questions", [str(s["questions"]) for _, s in columns]),
-        ("accuracy", [_percent(s["accuracy"]) for _, s in columns]),
-        ("macro-F1", [_percent(s["macro_f1"]) for _, s in columns]),
-    ])]
-    rows = [(f"{label} {metric}", [_percent(s["classes"][label][metric]) for _, s in columns])
-            for label in LABELS for metric in ("precision", "recall", "f1")]
-    blocks.append(_table("Per class (support " + ", ".join(
-        f"{label} {first['classes'][label]['support']}" for label in LABELS) + ")", names, rows))
+    blocks = [
+        _table(
+            "Overall",
+            names,
+            [
+                ("questions", [str(s["questions"]) for _, s in columns]),
+                ("accuracy", [_percent(s["accuracy"]) for _, s in columns]),
+                ("macro-F1", [_percent(s["macro_f1"]) for _, s in columns]),
+            ],
+        )
+    ]
+    rows = [
+        (f"{label} {metric}", [_percent(s["classes"][label][metric]) for _, s in columns])
+        for label in LABELS
+        for metric in ("precision", "recall", "f1")
+    ]
+    blocks.append(
+        _table(
+            "Per class (support "
+            + ", ".join(f"{label} {first['classes'][label]['support']}" for label in LABELS)
+            + ")",
+            names,
+            rows,
+        )
+    )
     for name, scores in columns:
-        matrix = [(f"gold {label}", [str(v) for v in scores["confusion"][k]]) for k, label in enumerate(LABELS)]
+        matrix = [
+            (f"gold {label}", [str(v) for v in scores["confusion"][k]]) for k, label in enumerate(LABELS)
+        ]
         blocks.append(_table(f"Confusion, {name} (rows gold, columns predicted)", list(LABELS), matrix))
     for grouping, groups in GROUPINGS.items():
-        rows = [(f"{group} (n={first[grouping][group]['questions']})",
-                 [_percent(s[grouping][group]["accuracy"]) for _, s in columns])
-                for group in groups if group != "after unknown" or first[grouping][group]["questions"]]
+        rows = [
+            (
+                f"{group} (n={first[grouping][group]['questions']})",
+                [_percent(s[grouping][group]["accuracy"]) for _, s in columns],
+            )
+            for group in groups
+            if group != "after unknown" or first[grouping][group]["questions"]
+        ]
         blocks.append(_table(TITLES[grouping], names, rows))
     return "\n\n".join(blocks)
 
@@ -130,7 +173,14 @@ def _percent(value: float | None) -> str:
 def _table(title: str, header: list[str], rows: list[tuple[str, list[str]]]) -> str:
     label_width = max([len(label) for label, _ in rows] + [8])
     widths = [max([len(h)] + [len(cells[i]) for _, cells in rows]) for i, h in enumerate(header)]
-    lines = [title, " " * label_width + "  " + "  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
+    lines = [
+        title,
+        " " * label_width + "  " + "  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True)),
+    ]
     for label, cells in rows:
-        lines.append(label.ljust(label_width) + "  " + "  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True)))
+        lines.append(
+            label.ljust(label_width)
+            + "  "
+            + "  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True))
+        )
     return "\n".join(lines)

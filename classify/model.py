@@ -1,10 +1,10 @@
-"""Stage-two models: `DialogueOracle` (an LSTM over a game's turns) and `TurnOracle` (the single-turn baseline).
+"""Stage-two models: `DialogueOracle` (LSTM over a game's turns) and `TurnOracle` (single-turn baseline).
 
 Both read a `Batch` and return logits, never probabilities: the loss (in train.py) applies the softmax itself.
 Shapes: B games, T turns (padded), H cache feature size, D per-turn input size, K hidden size, 3 answers.
 
-Per-turn input = pooled [H] (+ target_vision [H]) (+ previous answer one-hot [4]: No, Yes, N/A, start; an unknown
-gold answer is all zeros) (+ target category embedding [CATEGORY_SIZE] and box [4]).
+Per-turn input = pooled [H] (+ target_vision [H]) (+ previous answer one-hot [4]: No, Yes, N/A, start; an
+unknown gold answer is all zeros) (+ target category embedding [CATEGORY_SIZE] and box [4]).
 
     model = build_model(OracleSpec(kind="dialogue", feature_size=split.feature_size))
     logits = model(batch)                        # [B, T, 3], gold previous answers (teacher forcing)
@@ -165,4 +165,3 @@ def answer_dialogues(model: nn.Module, batch: Batch, history: Literal["own", "go
         return torch.stack(steps, dim=1)
     finally:
         model.train(was_training)
-

@@ -14,35 +14,51 @@ import re
 
 _WORD = re.compile(r"[a-z]+|[0-9]+")
 
-COLOR = """red blue green yellow white black brown orange pink purple violet grey gray silver gold golden beige tan
-    navy maroon teal turquoise cream colored coloured color colour colorful colourful dark bright blond blonde"""
-SHAPE = """round square rectangular rectangle circle circular triangle triangular oval shape shaped curved curvy
-    cylinder cylindrical sphere spherical pointy pointed straight flat"""
-SIZE = """big bigger biggest small smaller smallest large larger largest little tiny huge giant tall taller tallest
-    short shorter shortest long longer longest size sized wide narrow thin thick fat medium"""
-TEXTURE = """wooden wood metal metallic plastic fabric leather striped stripes stripe spotted dotted checkered plaid
-    patterned pattern furry fluffy shiny soft hard texture material paper cloth ceramic stone brick"""
-ACTION = """standing sitting walking running holding eating riding playing looking wearing facing lying laying flying
-    jumping driving moving parked swinging hitting throwing catching drinking talking smiling reading skiing
-    surfing skating carrying pulling pushing sleeping grazing crossing waiting cooking cutting"""
-LOCATION = """left right middle center centre front behind back background foreground top bottom corner edge side
-    near nearest closest close closer far farther farthest furthest next beside besides between above below under
-    underneath upper lower outside inside against end row;next to;in front;on top"""
-NUMBER = """one two three four five six seven eight nine ten first second third fourth fifth last only alone single
-    pair both number count many several group"""
+COLOR = """red blue green yellow white black brown orange pink purple violet grey gray silver gold golden
+    beige tan navy maroon teal turquoise cream colored coloured color colour colorful colourful dark
+    bright blond blonde"""
+SHAPE = """round square rectangular rectangle circle circular triangle triangular oval shape shaped
+    curved curvy cylinder cylindrical sphere spherical pointy pointed straight flat"""
+SIZE = """big bigger biggest small smaller smallest large larger largest little tiny huge giant tall
+    taller tallest short shorter shortest long longer longest size sized wide narrow thin thick fat
+    medium"""
+TEXTURE = """wooden wood metal metallic plastic fabric leather striped stripes stripe spotted dotted
+    checkered plaid patterned pattern furry fluffy shiny soft hard texture material paper cloth ceramic
+    stone brick"""
+ACTION = """standing sitting walking running holding eating riding playing looking wearing facing lying
+    laying flying jumping driving moving parked swinging hitting throwing catching drinking talking
+    smiling reading skiing surfing skating carrying pulling pushing sleeping grazing crossing waiting
+    cooking cutting"""
+LOCATION = """left right middle center centre front behind back background foreground top bottom corner
+    edge side near nearest closest close closer far farther farthest furthest next beside besides between
+    above below under underneath upper lower outside inside against end row
+    ;next to;in front;on top"""
+NUMBER = """one two three four five six seven eight nine ten first second third fourth fifth last only
+    alone single pair both number count many several group"""
 # COCO category names (person is a super-category here) and common single-word heads of the two-word ones.
-OBJECT = """bicycle bike car motorcycle motorbike airplane plane bus train truck boat bench bird cat dog horse sheep cow
-    elephant bear zebra giraffe backpack umbrella handbag bag tie suitcase frisbee skis snowboard ball kite bat
-    glove skateboard surfboard racket racquet bottle glass cup fork knife spoon bowl banana apple sandwich orange
-    broccoli carrot pizza donut doughnut cake chair couch sofa bed table toilet tv television laptop mouse remote
-    keyboard phone microwave oven toaster sink refrigerator fridge book clock vase scissors hydrant plant dryer
-    toothbrush;traffic light;fire hydrant;stop sign;parking meter;sports ball;baseball bat;baseball glove;
-    tennis racket;wine glass;hot dog;potted plant;dining table;cell phone;teddy bear;hair drier"""
-SUPER_CATEGORY = """person people human man men woman women guy lady boy girl child children kid player animal vehicle
-    food furniture appliance electronic electronics accessory accessories kitchen utensil sports outdoor indoor
-    fruit vegetable clothing clothes device dish drink"""
+OBJECT = """bicycle bike car motorcycle motorbike airplane plane bus train truck boat bench bird cat dog
+    horse sheep cow elephant bear zebra giraffe backpack umbrella handbag bag tie suitcase frisbee skis
+    snowboard ball kite bat glove skateboard surfboard racket racquet bottle glass cup fork knife spoon
+    bowl banana apple sandwich orange broccoli carrot pizza donut doughnut cake chair couch sofa bed
+    table toilet tv television laptop mouse remote keyboard phone microwave oven toaster sink
+    refrigerator fridge book clock vase scissors hydrant plant dryer toothbrush
+    ;traffic light;fire hydrant;stop sign;parking meter;sports ball;baseball bat;baseball glove
+    ;tennis racket;wine glass;hot dog;potted plant;dining table;cell phone;teddy bear;hair drier"""
+SUPER_CATEGORY = """person people human man men woman women guy lady boy girl child children kid player
+    animal vehicle food furniture appliance electronic electronics accessory accessories kitchen utensil
+    sports outdoor indoor fruit vegetable clothing clothes device dish drink"""
 
-QUESTION_TYPES = ("color", "shape", "size", "texture", "action", "location", "number", "object", "super-category")
+QUESTION_TYPES = (
+    "color",
+    "shape",
+    "size",
+    "texture",
+    "action",
+    "location",
+    "number",
+    "object",
+    "super-category",
+)
 OTHER = "other"
 
 
@@ -55,7 +71,9 @@ def _keywords(spec: str) -> tuple[frozenset[str], tuple[str, ...]]:
 _KEYWORDS = {
     name: _keywords(spec)
     for name, spec in zip(
-        QUESTION_TYPES, (COLOR, SHAPE, SIZE, TEXTURE, ACTION, LOCATION, NUMBER, OBJECT, SUPER_CATEGORY), strict=True
+        QUESTION_TYPES,
+        (COLOR, SHAPE, SIZE, TEXTURE, ACTION, LOCATION, NUMBER, OBJECT, SUPER_CATEGORY),
+        strict=True,
     )
 }
 

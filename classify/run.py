@@ -2,7 +2,7 @@
 
 A run directory holds config.json, metrics.csv, best.pt, last.pt, train.log (and report.json after evaluate).
 A checkpoint is `{"spec": OracleSpec dict, "state_dict": tensors, "epoch": int, "metrics": dict,
-"schema_version": int, "feature_size": int, "cache_model": str}`; `torch.load(path, weights_only=True)` reads it.
+"schema_version": int, "feature_size": int, "cache_model": str}`; `torch.load(weights_only=True)` reads it.
 
     model, checkpoint = load_model(Path("runs/dialogue"), device="cpu")   # best.pt, in eval mode
     check_split(checkpoint, split)                                          # same schema and feature size
@@ -48,7 +48,7 @@ def checkpoint_path(run: Path, which: str = "best") -> Path:
 
 
 def load_model(run: Path, device: torch.device | str = "cpu", which: str = "best") -> tuple[nn.Module, dict]:
-    """Rebuild the model of a run (or checkpoint file) in eval mode on `device`; returns it and the checkpoint."""
+    """A run's (or checkpoint file's) model in eval mode on `device`, and the checkpoint dict."""
     path = checkpoint_path(run, which)
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     model = build_model(OracleSpec.from_dict(checkpoint["spec"]))
@@ -59,8 +59,10 @@ def load_model(run: Path, device: torch.device | str = "cpu", which: str = "best
 def check_split(checkpoint: dict, split: Split, run: Path | str = "the run") -> None:
     """A cache can feed a trained model only with the same schema version and feature size."""
     if checkpoint["schema_version"] != SCHEMA_VERSION:
-        raise ValueError(f"{run}: trained on cache schema {checkpoint['schema_version']}, this code reads "
-                         f"{SCHEMA_VERSION}; retrain it")
+        raise ValueError(
+            f"{run}: trained on cache schema {checkpoint['schema_version']}, this code reads "
+            f"{SCHEMA_VERSION}; retrain it"
+        )
     if checkpoint["feature_size"] != split.feature_size:
         raise ValueError(
             f"{split.source}: {split.feature_size}-d features, but {run} was trained on "
@@ -70,13 +72,15 @@ def check_split(checkpoint: dict, split: Split, run: Path | str = "the run") -> 
 
 
 def clear_run_dir(out: Path, overwrite: bool) -> None:
-    """Make `out` ready for a new run: error if it holds a run and `overwrite` is off, else delete our files."""
+    """Make `out` ready for a new run: error if it holds a run and not `overwrite`, else delete our files."""
     existing = [name for name in RUN_FILES if (out / name).exists()]
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out}: exists and is not a directory")
     if existing and not overwrite:
-        raise FileExistsError(f"--out {out}: already holds a run ({', '.join(existing)}); pass --overwrite or "
-                              "choose another directory")
+        raise FileExistsError(
+            f"--out {out}: already holds a run ({', '.join(existing)}); pass --overwrite or "
+            "choose another directory"
+        )
     for name in existing:  # only our own files: --out . --overwrite must not delete anything else
         (out / name).unlink()
     out.mkdir(parents=True, exist_ok=True)

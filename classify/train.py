@@ -1,9 +1,11 @@
 """Training a stage-two oracle: `TrainConfig` (the `pipeline train` options) and `train()` (the loop).
 
 Input: a train and a valid cache. Output: a run directory (config.json, metrics.csv with one row per epoch,
-best.pt chosen by validation own-answer accuracy, last.pt, train.log). AdamW, gradient clipping, early stopping.
+best.pt chosen by validation own-answer accuracy, last.pt, train.log). AdamW, gradient clipping, early
+stopping.
 
-    result = train(TrainConfig(train=Path("cache/train.h5"), valid=Path("cache/valid.h5"), out=Path("runs/d")), "cpu")
+    config = TrainConfig(train=Path("cache/train.h5"), valid=Path("cache/valid.h5"), out=Path("runs/d"))
+    result = train(config, device="cpu")
 """
 
 from __future__ import annotations
@@ -30,10 +32,23 @@ from classify.run import clear_run_dir, save_checkpoint
 log = logging.getLogger(__name__)
 
 # The prior system's dialogue LSTM (DESIGN.md "Reference facts"), trained here with a correct loss.
-SEED_PRESET = {"model": "dialogue", "target_vision": False, "answer_feedback": False, "target": False,
-               "hidden": 200, "layers": 1}
-METRICS = ("epoch", "train_loss", "train_accuracy", "valid_loss", "valid_accuracy_gold", "valid_accuracy_own",
-           "seconds")
+SEED_PRESET = {
+    "model": "dialogue",
+    "target_vision": False,
+    "answer_feedback": False,
+    "target": False,
+    "hidden": 200,
+    "layers": 1,
+}
+METRICS = (
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "valid_loss",
+    "valid_accuracy_gold",
+    "valid_accuracy_own",
+    "seconds",
+)
 
 
 @dataclass(frozen=True)
@@ -42,25 +57,35 @@ class TrainConfig:
 
     train: Path = field(metadata={"help": "Oracle cache of the training split (.h5)."})
     valid: Path = field(metadata={"help": "Oracle cache of the validation split (.h5), for early stopping."})
-    out: Path = field(metadata={"help": "Run directory to create (config.json, metrics.csv, best.pt, last.pt)."})
+    out: Path = field(
+        metadata={"help": "Run directory to create (config.json, metrics.csv, best.pt, last.pt)."}
+    )
     model: Literal["dialogue", "turn"] = field(
-        default="dialogue", metadata={"help": "dialogue: LSTM over the game's turns; turn: single-turn MLP baseline."}
+        default="dialogue",
+        metadata={"help": "dialogue: LSTM over the game's turns; turn: single-turn MLP baseline."},
     )
     preset: Literal["none", "seed"] = field(
         default="none",
-        metadata={"help": "seed: the prior system's LSTM (pooled only, hidden 200, 1 layer, no answer feedback); "
-                  "overrides --target-vision, --answer-feedback, --target, --hidden, --layers."},
+        metadata={
+            "help": "seed: the prior system's LSTM (pooled only, hidden 200, 1 layer, no answer feedback); "
+            "overrides --target-vision, --answer-feedback, --target, --hidden, --layers."
+        },
     )
-    target_vision: bool = field(default=True, metadata={"help": "Add the target's LXMERT vision vector per turn."})
+    target_vision: bool = field(
+        default=True, metadata={"help": "Add the target's LXMERT vision vector per turn."}
+    )
     answer_feedback: bool = field(
-        default=True, metadata={"help": "Add the previous turn's answer (dialogue model only; gold in training)."}
+        default=True,
+        metadata={"help": "Add the previous turn's answer (dialogue model only; gold in training)."},
     )
     target: bool = field(default=True, metadata={"help": "Add the target's category embedding and box."})
     hidden: int = field(default=256, metadata={"help": "LSTM / MLP hidden size."})
     layers: int = field(default=1, metadata={"help": "LSTM layers (dialogue model)."})
     dropout: float = field(default=0.3, metadata={"help": "Dropout before the output layer."})
     epochs: int = field(default=20, metadata={"help": "Maximum number of epochs."})
-    patience: int = field(default=3, metadata={"help": "Stop after this many epochs without a better valid score."})
+    patience: int = field(
+        default=3, metadata={"help": "Stop after this many epochs without a better valid score."}
+    )
     batch_size: int = field(default=64, metadata={"help": "Games per batch."})
     lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
@@ -124,15 +149,23 @@ def _train(config: TrainConfig, device: torch.device) -> TrainResult:
     train_split = read_split(config.train, target_vision=config.target_vision)
     valid_split = read_split(config.valid, target_vision=config.target_vision)
     if valid_split.feature_size != train_split.feature_size:
-        raise ValueError(f"{config.valid}: {valid_split.feature_size}-d features, but {config.train} has "
-                         f"{train_split.feature_size}-d; extract both with the same model")
+        raise ValueError(
+            f"{config.valid}: {valid_split.feature_size}-d features, but {config.train} has "
+            f"{train_split.feature_size}-d; extract both with the same model"
+        )
     num_categories = max(NUM_CATEGORIES, int(train_split.target_category.max()) + 1)
     torch.manual_seed(config.seed)
     model = build_model(config.spec(train_split.feature_size, num_categories)).to(device)
     _write_config(config, model, train_split, valid_split, device)
-    log.info("%s model, %d parameters; train %d games / %d questions, valid %d games / %d questions",
-             config.model, sum(p.numel() for p in model.parameters()), train_split.num_games,
-             len(train_split.qid), valid_split.num_games, len(valid_split.qid))
+    log.info(
+        "%s model, %d parameters; train %d games / %d questions, valid %d games / %d questions",
+        config.model,
+        sum(p.numel() for p in model.parameters()),
+        train_split.num_games,
+        len(train_split.qid),
+        valid_split.num_games,
+        len(valid_split.qid),
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     rng = np.random.default_rng(config.seed)
     best_accuracy, best_epoch, epoch = -1.0, 0, 0
@@ -141,10 +174,17 @@ def _train(config: TrainConfig, device: torch.device) -> TrainResult:
         writer.writeheader()
         for epoch in range(1, config.epochs + 1):
             started = time.perf_counter()
-            train_loss, train_accuracy = train_epoch(model, optimizer, train_split, config, rng, device, epoch)
+            train_loss, train_accuracy = train_epoch(
+                model, optimizer, train_split, config, rng, device, epoch
+            )
             valid = validate(model, valid_split, config.batch_size * 4, device)
-            row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_accuracy, **valid,
-                   "seconds": round(time.perf_counter() - started, 2)}
+            row = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "train_accuracy": train_accuracy,
+                **valid,
+                "seconds": round(time.perf_counter() - started, 2),
+            }
             writer.writerow(row)
             handle.flush()
             save_checkpoint(config.out / "last.pt", model, epoch, row, train_split)
@@ -152,23 +192,46 @@ def _train(config: TrainConfig, device: torch.device) -> TrainResult:
             if improved:
                 best_accuracy, best_epoch = valid["valid_accuracy_own"], epoch
                 save_checkpoint(config.out / "best.pt", model, epoch, row, train_split)
-            log.info("epoch %d: train loss %.4f acc %.4f | valid loss %.4f acc gold-history %.4f own-answers %.4f%s "
-                     "(%.1fs)", epoch, train_loss, train_accuracy, valid["valid_loss"], valid["valid_accuracy_gold"],
-                     valid["valid_accuracy_own"], " *" if improved else "", row["seconds"])
+            log.info(
+                "epoch %d: train loss %.4f acc %.4f | valid loss %.4f, acc gold-history %.4f "
+                "own-answers %.4f%s (%.1fs)",
+                epoch,
+                train_loss,
+                train_accuracy,
+                valid["valid_loss"],
+                valid["valid_accuracy_gold"],
+                valid["valid_accuracy_own"],
+                " *" if improved else "",
+                row["seconds"],
+            )
             if epoch - best_epoch >= config.patience:
                 log.info("no better valid accuracy for %d epochs: stopping", config.patience)
                 break
-    log.info("best epoch %d: valid own-answer accuracy %.4f; run in %s", best_epoch, best_accuracy, config.out)
+    log.info(
+        "best epoch %d: valid own-answer accuracy %.4f; run in %s", best_epoch, best_accuracy, config.out
+    )
     return TrainResult(config.out, best_epoch, best_accuracy, epoch)
 
 
-def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, split: Split, config: TrainConfig,
-                rng: np.random.Generator, device: torch.device, epoch: int) -> tuple[float, float]:
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    split: Split,
+    config: TrainConfig,
+    rng: np.random.Generator,
+    device: torch.device,
+    epoch: int,
+) -> tuple[float, float]:
     """One pass over the shuffled split with gold previous answers; mean loss and accuracy per question."""
     model.train()
     total_loss, correct, count = 0.0, 0, 0
-    progress = tqdm(batches(split, config.batch_size, rng), total=num_batches(split, config.batch_size),
-                    desc=f"epoch {epoch}", unit="batch", leave=False)
+    progress = tqdm(
+        batches(split, config.batch_size, rng),
+        total=num_batches(split, config.batch_size),
+        desc=f"epoch {epoch}",
+        unit="batch",
+        leave=False,
+    )
     for batch in progress:
         batch = batch.to(device)
         logits = model(batch)  # [B, T, 3]
@@ -204,21 +267,33 @@ def validate(model: nn.Module, split: Split, batch_size: int, device: torch.devi
         correct_own += int((own == batch.labels)[known].sum())
         count += int(known.sum())
     count = max(count, 1)
-    return {"valid_loss": total_loss / count, "valid_accuracy_gold": correct_gold / count,
-            "valid_accuracy_own": correct_own / count}
+    return {
+        "valid_loss": total_loss / count,
+        "valid_accuracy_gold": correct_gold / count,
+        "valid_accuracy_own": correct_own / count,
+    }
 
 
-def _write_config(config: TrainConfig, model: nn.Module, train_split: Split, valid_split: Split,
-                  device: torch.device) -> None:
+def _write_config(
+    config: TrainConfig, model: nn.Module, train_split: Split, valid_split: Split, device: torch.device
+) -> None:
     values = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(config).items()}
     record = {
         "config": values,
         "spec": model.spec.to_dict(),
         "device": str(device),
         "torch": torch.__version__,
-        "train": {"path": str(config.train), "games": train_split.num_games, "questions": len(train_split.qid),
-                  "cache_attrs": _plain(train_split.attrs)},
-        "valid": {"path": str(config.valid), "games": valid_split.num_games, "questions": len(valid_split.qid)},
+        "train": {
+            "path": str(config.train),
+            "games": train_split.num_games,
+            "questions": len(train_split.qid),
+            "cache_attrs": _plain(train_split.attrs),
+        },
+        "valid": {
+            "path": str(config.valid),
+            "games": valid_split.num_games,
+            "questions": len(valid_split.qid),
+        },
     }
     (config.out / "config.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
