@@ -17,7 +17,10 @@ from pathlib import Path
 
 import click
 
+from classify.evaluate import EvaluateConfig
+from classify.train import TrainConfig
 from extract.job import ExtractConfig
+from extract.regions import ImportTsvConfig, import_tsv
 
 log = logging.getLogger("pipeline")
 
@@ -31,8 +34,8 @@ def config_options(cls: type) -> typing.Callable:
     def decorate(function: typing.Callable) -> typing.Callable:
         hints = typing.get_type_hints(cls)
         for field in reversed(dataclasses.fields(cls)):
-            if field.metadata.get("cli", True):
-                function = _option(field, hints[field.name])(function)
+            function = _option(field, hints[field.name])(function)
+        function.config_class = cls  # read by the test that checks options against fields
         return function
 
     return decorate
@@ -48,6 +51,9 @@ def _option(field: dataclasses.Field, hint: object) -> typing.Callable:
     else:
         kwargs["default"] = default
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if field.metadata.get("argument"):  # positional, e.g. `import-tsv A.tsv B.tsv`
+        return click.argument(field.name, nargs=-1 if origin is tuple else 1, required=required,
+                              type=_click_type(args[0] if origin is tuple else hint))  # fmt: skip
     if origin in (typing.Union, types.UnionType):  # `X | None`
         hint = next(a for a in args if a is not type(None))
         origin, args = typing.get_origin(hint), typing.get_args(hint)
@@ -146,15 +152,12 @@ def regions() -> None:
 
 
 @regions.command("import-tsv")
-@click.argument("tsv", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Region store to write (.h5).")
-@click.option("--append", is_flag=True, help="Add images to an existing store; images already there are skipped.")
-def regions_import_tsv(tsv: tuple[Path, ...], out: Path, append: bool) -> None:
+@config_options(ImportTsvConfig)
+def regions_import_tsv(**values: object) -> None:
     """Convert LXMERT's *_obj36.tsv files (train2014, val2014, ...) into one region store, streaming."""
-    from extract.regions import import_tsv
-
-    added, present = import_tsv(list(tsv), out, append=append)
-    click.echo(f"{out}: {added} images added, {present} already present")
+    config = build(ImportTsvConfig, values)
+    added, present = import_tsv(config)
+    click.echo(f"{config.out}: {added} images added, {present} already present")
 
 
 @main.command()
@@ -172,6 +175,50 @@ def extract(**values: object) -> None:
             f"{summary.questions / summary.seconds:.1f} q/s, {summary.bytes / 2**20:.1f} MiB"
             + (f", {summary.skipped_missing} games skipped (image missing)" if summary.skipped_missing else "")
         )
+
+
+
+# ---------------------------------------------------------------- stage two
+
+
+@main.command()
+@config_options(TrainConfig)
+def train(**values: object) -> None:
+    """Train a stage-two oracle (dialogue LSTM or single-turn baseline) on oracle caches."""
+    from classify.train import train as train_oracle
+
+    config = build(TrainConfig, values)
+    result = train_oracle(config, resolve_device(config.device))
+    click.echo(
+        f"{result.out}: best epoch {result.best_epoch} of {result.epochs}, "
+        f"valid accuracy with own answers {100 * result.best_accuracy:.1f} %"
+    )
+
+
+@main.command()
+@config_options(EvaluateConfig)
+def evaluate(**values: object) -> None:
+    """Score runs and/or a predictions file against gold answers; print every table, write report.json."""
+    from classify.evaluate import evaluate as evaluate_oracle
+    from classify.metrics import Questions
+
+    config = build(EvaluateConfig, values)
+    questions = None
+    if config.games is not None:  # gold answers from a games file: the one place both libraries meet
+        from extract.games import parse_statuses, read_games
+
+        games = read_games(config.games, parse_statuses(config.status))
+        turns = [(game.game_id, turn) for game in games for turn in game.turns]
+        questions = Questions(
+            qid=[turn.qid for _, turn in turns],
+            game_id=[game_id for game_id, _ in turns],
+            answer=[turn.answer for _, turn in turns],
+            question=[turn.question for _, turn in turns],
+        )
+    device = resolve_device(config.device) if config.run else "cpu"
+    _, text = evaluate_oracle(config, device, questions)
+    click.echo(text)
+    click.echo(f"\nreport: {config.report_path()}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import base64
 import csv
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -100,13 +100,27 @@ def _decode(text: str, dtype: type, shape: tuple[int, ...], where: str) -> np.nd
         raise RegionError(f"{where}: cannot decode array of shape {shape} ({error})") from None
 
 
-def import_tsv(tsv_paths: list[Path], out: Path, append: bool = False) -> tuple[int, int]:
+@dataclass(frozen=True)
+class ImportTsvConfig:
+    """Options of `pipeline regions import-tsv`."""
+
+    tsv: tuple[Path, ...] = field(metadata={"help": "LXMERT *_obj36.tsv files.", "argument": True})
+    out: Path = field(metadata={"help": "Region store to write (.h5)."})
+    append: bool = field(default=False, metadata={"help": "Add to an existing store; images there are skipped."})
+
+    def __post_init__(self) -> None:
+        if not self.tsv:
+            raise ValueError("import-tsv: give at least one TSV file")
+
+
+def import_tsv(config: ImportTsvConfig) -> tuple[int, int]:
     """Stream LXMERT obj36 TSV files into a region store; returns (images added, images already present).
 
     Memory stays flat: one row is decoded, written and dropped at a time. Without `append` a new store is built
     under a temporary name and renamed at the end; rerunning after a crash continues that temporary file.
     With `append`, rows go straight into `out`, and images already there are skipped.
     """
+    tsv_paths, out, append = config.tsv, config.out, config.append
     if out.exists() and not append:
         raise RegionError(f"{out}: region store exists; pass --append to add images to it")
     for path in tsv_paths:

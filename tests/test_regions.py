@@ -8,7 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from extract.regions import RegionError, RegionStore, import_tsv
+from extract.regions import ImportTsvConfig, RegionError, RegionStore
+from extract.regions import import_tsv as _import
+
+
+def import_tsv(paths: list[Path], out: Path, append: bool = False) -> tuple[int, int]:
+    return _import(ImportTsvConfig(tuple(paths), out, append))
 
 
 def tsv_row(stem: str, n: int, rng: np.random.Generator, feature_size: int = 2048) -> tuple[str, np.ndarray, np.ndarray]:
