@@ -46,6 +46,11 @@ class Questions:
     answer: np.ndarray  # int [N], UNKNOWN where not known
     question: list[str]
 
+    def __post_init__(self) -> None:  # callers may pass lists (e.g. built from a games file)
+        object.__setattr__(self, "qid", np.asarray(self.qid, dtype=np.int64))
+        object.__setattr__(self, "game_id", np.asarray(self.game_id, dtype=np.int64))
+        object.__setattr__(self, "answer", np.asarray(self.answer, dtype=np.int64))
+
     def context(self) -> dict[str, np.ndarray]:
         """Per row, its group in each of GROUPINGS (string arrays)."""
         game_id, answer = np.asarray(self.game_id), np.asarray(self.answer, dtype=np.int64)
