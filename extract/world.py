@@ -2,20 +2,21 @@
 
 It owns the scenes (640×480 images of 3–12 objects, each a COCO category, a colour and a box), the question
 templates and their answer rules, the questioner policy that builds dialogues, and the writers. Output in
-`out_dir`: `train.jsonl.gz`, `valid.jsonl.gz`, `test.jsonl.gz` (status "success", readable by `read_games`) and
-`regions.h5` (our region store: object regions first, then background regions up to `regions_per_image`; each
-feature is a fixed random embedding of category + colour, or of a background kind, plus noise).
+`out_dir`: `train.jsonl.gz`, `valid.jsonl.gz`, `test.jsonl.gz` (status "success", readable by `read_games`)
+and `regions.h5` (our region store: object regions first, then background regions up to `regions_per_image`;
+each feature is a fixed random embedding of category + colour, or of a background kind, plus noise).
 
-Question types (`question_type(text)` recovers them): "category" ("is it a cup?"), "colour" ("is it red?"),
-"location" ("is it on the left?" / "at the top?"; N/A when the target straddles that middle line) and "history":
-"what about the other side?", which asks the latest location question again for the opposite side. Its answer
-is a function of the target's own box and of which side was asked earlier; the questioner picks sides without
-knowing the target, so from the current turn alone it is a coin flip, while a model that remembers the earlier
-question (or its answer: the history answer is its negation) gets it right. The issue's "the leftmost one?"
-(ranking among the objects still consistent with the dialogue) was replaced on purpose: the stage-two models only
-see pooled vectors of the target, so a ranking among other objects is nearly unlearnable for them. The history
-question is asked only when the earlier location answer was Yes/No and at least one other turn lies between, so
-that the previous answer alone does not give it away either.
+Question types (`question_type(text)` recovers them; names as in `classify.questions`, which files the history
+question under "location"): "object" ("is it a cup?"), "color" ("is it red?"), "location" ("is it on the
+left?" / "at the top?"; N/A when the middle line cuts the target's central half) and "history": "what about
+the other side?", which asks the latest location question again for the opposite side.
+Its answer is a function of the target's own box and of which side was asked earlier; the questioner picks
+sides without knowing the target, so from the current turn alone it is a coin flip, while a model that
+remembers the earlier question (or its answer: the history answer is its negation) gets it right. The issue's
+"the leftmost one?" (a ranking among the objects still consistent with the dialogue) was replaced on purpose:
+the stage-two models see pooled vectors about the target, and a ranking among other objects is nearly
+unlearnable from them. "The other side?" is asked only after a Yes/No location answer with at least one turn
+between, so the previous answer alone does not give it away either.
 
     splits = generate_world(Path("demo/world"), WorldConfig(seed=0, train_games=200))
     games = read_games(splits["train"])
@@ -42,16 +43,16 @@ log = logging.getLogger(__name__)
 
 NO, YES, NA = 0, 1, 2  # the label ids of extract.games.LABELS
 CATEGORIES = {
-    "person": 1, "bicycle": 2, "car": 3, "cat": 17, "dog": 18, "umbrella": 28,
-    "bottle": 44, "cup": 47, "bowl": 51, "apple": 53, "chair": 62, "book": 84,
-}  # fmt: skip  (real COCO category ids)
+    "bicycle": 2, "car": 3, "cat": 17, "dog": 18, "umbrella": 28, "bottle": 44,
+    "cup": 47, "bowl": 51, "apple": 53, "chair": 62, "book": 84, "clock": 85,
+}  # fmt: skip  (real COCO category ids; no "person": the keyword types call that a super-category)
 COLOURS = ("red", "blue", "green", "yellow", "white", "black")
 SIDES = ("left", "right", "top", "bottom")
 OPPOSITE = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}
-QUESTION_TYPES = ("category", "colour", "location", "history")
+QUESTION_TYPES = ("object", "color", "location", "history")
 SPLITS = ("train", "valid", "test")
 WANDER = 0.2  # chance that the questioner asks something that need not narrow things down, as people do
-KIND_WEIGHTS = {"category": 1.5, "colour": 1.0, "location": 1.5}  # how often the questioner picks each type
+KIND_WEIGHTS = {"object": 1.5, "color": 1.0, "location": 1.5}  # how often the questioner asks each type
 BACKGROUND_KINDS = 4  # "sky", "wall", "floor", "table": distinct embeddings, never a GuessWhat object
 
 
@@ -64,13 +65,13 @@ class WorldConfig:
     valid_games: int = field(default=300, metadata={"help": "Games in valid.jsonl.gz."})
     test_games: int = field(default=300, metadata={"help": "Games in test.jsonl.gz."})
     feature_size: int = field(default=128, metadata={"help": "Region feature size (real detector: 2048)."})
-    regions_per_image: int = field(default=16, metadata={"help": "Detector regions per image (objects first)."})
+    regions_per_image: int = field(default=16, metadata={"help": "Detector regions per image (K)."})
     min_objects: int = field(default=3, metadata={"help": "Fewest objects in an image."})
     max_objects: int = field(default=12, metadata={"help": "Most objects in an image."})
     min_turns: int = field(default=2, metadata={"help": "Shortest dialogue."})
     max_turns: int = field(default=10, metadata={"help": "Longest dialogue."})
     games_per_image: int = field(default=3, metadata={"help": "Most games (targets) per image."})
-    history_rate: float = field(default=0.8, metadata={"help": "Chance to ask 'the other side?' when it can."})
+    history_rate: float = field(default=0.8, metadata={"help": "Chance to ask 'the other side?' if it can."})
     noise: float = field(default=0.5, metadata={"help": "Std of the Gaussian noise on region features."})
 
     def __post_init__(self) -> None:
@@ -79,7 +80,7 @@ class WorldConfig:
         if not 2 <= self.min_objects <= self.max_objects:
             raise ValueError("--min-objects/--max-objects: need 2 <= min-objects <= max-objects")
         if self.regions_per_image <= self.max_objects:
-            raise ValueError("--regions-per-image: must exceed --max-objects (the encoder overwrites the last slot)")
+            raise ValueError("--regions-per-image: must exceed --max-objects (the target replaces the last)")
         if not 1 <= self.min_turns <= self.max_turns:
             raise ValueError("--min-turns/--max-turns: need 1 <= min-turns <= max-turns")
         if self.feature_size < 1 or self.games_per_image < 1 or not 0 <= self.history_rate <= 1:
@@ -110,9 +111,9 @@ class Question:
 
     @property
     def text(self) -> str:
-        if self.kind == "category":
+        if self.kind == "object":
             return f"is it {'an' if self.value[0] in 'aeiou' else 'a'} {self.value}?"
-        if self.kind == "colour":
+        if self.kind == "color":
             return f"is it {self.value}?"
         if self.kind == "location":
             return f"is it {'on' if self.value in ('left', 'right') else 'at'} the {self.value}?"
@@ -128,14 +129,14 @@ class Dialogue:
 
 
 ALL_QUESTIONS = (
-    [Question("category", c) for c in CATEGORIES] + [Question("colour", c) for c in COLOURS]
+    [Question("object", c) for c in CATEGORIES] + [Question("color", c) for c in COLOURS]
     + [Question("location", s) for s in SIDES] + [Question("history")]
 )  # fmt: skip
 _TYPE_OF_TEXT = {q.text: q.kind for q in ALL_QUESTIONS}
 
 
 def question_type(question: str) -> str:
-    """The template type of a question this world asks ("category", ..., "history"); "other" for any other text."""
+    """The template type of a question of this world ("object", ..., "history"); "other" for other text."""
     return _TYPE_OF_TEXT.get(question.strip().casefold(), "other")
 
 
@@ -143,7 +144,7 @@ def question_type(question: str) -> str:
 
 
 def side_answer(bbox: Sequence[float], side: str, width: float, height: float) -> int:
-    """Is the box on `side` of the image? N/A when it straddles that axis's middle line (cuts its central half)."""
+    """Is the box on `side` of the image? N/A when that axis's middle line cuts the box's central half."""
     x, y, w, h = bbox
     start, size, middle = (x, w, width / 2) if side in ("left", "right") else (y, h, height / 2)
     if start + size / 4 < middle < start + size * 3 / 4:
@@ -153,9 +154,9 @@ def side_answer(bbox: Sequence[float], side: str, width: float, height: float) -
 
 def answer(question: Question, target: Thing, asked: Sequence[Question], width: float, height: float) -> int:
     """The oracle's answer about `target`; `asked` is the dialogue's earlier questions, oldest first."""
-    if question.kind == "category":
+    if question.kind == "object":
         return YES if target.category == question.value else NO
-    if question.kind == "colour":
+    if question.kind == "color":
         return YES if target.colour == question.value else NO
     if question.kind == "location":
         return side_answer(target.bbox, question.value, width, height)
@@ -178,8 +179,10 @@ def _history_ready(turns: Sequence[tuple[Question, int]]) -> bool:
     return False
 
 
-def _next_question(scene: Scene, candidates: list[Thing], turns: list, rng: np.random.Generator, rate: float):
-    """A question that splits the remaining candidates; any question when one is left; None when none splits."""
+def _next_question(
+    scene: Scene, candidates: list[Thing], turns: list, rng: np.random.Generator, rate: float
+) -> Question | None:
+    """A question that splits the candidates (any new one when wandering); None when none can split them."""
     asked = [q for q, _ in turns]
     if _history_ready(turns) and rng.random() < rate:
         return Question("history")
@@ -188,22 +191,25 @@ def _next_question(scene: Scene, candidates: list[Thing], turns: list, rng: np.r
     for question in ALL_QUESTIONS[:-1]:
         replies = [answer(question, c, asked, scene.width, scene.height) for c in candidates]
         if (len(set(replies)) > 1 or wander) and question not in asked:
-            # people prefer questions that halve the candidates: weight by the smaller share of Yes / not Yes
+            # people lean mildly to questions that halve the candidates (more Yes; games not the shortest)
             share = replies.count(YES) / len(replies)
             options[question.kind].append((question, min(share, 1 - share) + 0.6))
     kinds = [kind for kind, questions in options.items() if questions]
     if not kinds:
         return None  # candidates that no template tells apart: the caller picks another target
-    return _pick(kinds, [KIND_WEIGHTS[k] * (3.0 if k == "category" and not turns else 1.0) for k in kinds], rng, options)
+    weights = [KIND_WEIGHTS[k] * (3.0 if k == "object" and not turns else 1.0) for k in kinds]  # "a cup?" 1st
+    return _pick(kinds, weights, rng, options)
 
 
 def _pick(kinds: list[str], weights: list[float], rng: np.random.Generator, options: dict) -> Question:
     kind = kinds[rng.choice(len(kinds), p=np.array(weights) / sum(weights))]
-    questions, weights = zip(*options[kind])
+    questions, weights = zip(*options[kind], strict=True)
     return questions[rng.choice(len(questions), p=np.array(weights) / sum(weights))]
 
 
-def play(scene: Scene, target: Thing, rng: np.random.Generator, config: WorldConfig):
+def play(
+    scene: Scene, target: Thing, rng: np.random.Generator, config: WorldConfig
+) -> tuple[tuple[Question, int], ...] | None:
     """Ask questions until only the target fits every answer; None when that fails within max_turns."""
     candidates, turns = list(scene.things), []
     while len(turns) < config.max_turns:
@@ -232,7 +238,7 @@ def _iou(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 def make_scene(rng: np.random.Generator, image_id: int, first_object_id: int, config: WorldConfig) -> Scene:
-    """Objects from a few categories and colours (so repeats are common), boxes overlapping little (IoU < 0.3 if possible)."""
+    """Objects of a few categories and colours (so repeats are common); boxes overlap little (IoU < 0.3)."""
     width, height = 640, 480
     count = int(rng.integers(config.min_objects, config.max_objects + 1))
     kinds = rng.choice(list(CATEGORIES), size=int(rng.integers(2, 4)), replace=False)
@@ -241,7 +247,8 @@ def make_scene(rng: np.random.Generator, image_id: int, first_object_id: int, co
     for index in range(count):
         for _ in range(20):
             w, h = rng.uniform(25, 110), rng.uniform(25, 100)
-            bbox = tuple(round(float(v), 2) for v in (rng.uniform(0, width - w), rng.uniform(0, height - h), w, h))
+            x, y = rng.uniform(0, width - w), rng.uniform(0, height - h)
+            bbox = tuple(round(float(v), 2) for v in (x, y, w, h))
             if all(_iou(bbox, t.bbox) < 0.3 for t in things):
                 break
         category, colour = str(rng.choice(kinds)), str(rng.choice(colours))
@@ -250,7 +257,7 @@ def make_scene(rng: np.random.Generator, image_id: int, first_object_id: int, co
     return Scene(image_id, stem, tuple(things), width, height)
 
 
-def make_split(count: int, rng: np.random.Generator, ids: dict[str, int], config: WorldConfig) -> list[Dialogue]:
+def make_split(count: int, rng: np.random.Generator, ids: dict, config: WorldConfig) -> list[Dialogue]:
     """`count` successful games; each image gets 1..games_per_image targets. `ids` holds the next free ids."""
     dialogues: list[Dialogue] = []
     while len(dialogues) < count:
@@ -276,7 +283,7 @@ def build_world(config: WorldConfig) -> dict[str, list[Dialogue]]:
     counts = (config.train_games, config.valid_games, config.test_games)
     return {
         split: make_split(count, np.random.default_rng([config.seed, 1, index]), ids, config)
-        for index, (split, count) in enumerate(zip(SPLITS, counts))
+        for index, (split, count) in enumerate(zip(SPLITS, counts, strict=True))
     }
 
 
@@ -287,15 +294,15 @@ def region_features(scene: Scene, config: WorldConfig) -> tuple[np.ndarray, np.n
     """Detector output for one image: features [K, D] and boxes [K, 4] (pixel x1y1x2y2), objects first."""
     table = np.random.default_rng([config.seed, 2])  # the same embeddings for every image of the world
     size = config.feature_size
-    category = dict(zip(CATEGORIES, table.normal(size=(len(CATEGORIES), size))))
-    colour = dict(zip(COLOURS, table.normal(size=(len(COLOURS), size))))
+    category = dict(zip(CATEGORIES, table.normal(size=(len(CATEGORIES), size)), strict=True))
+    colour = dict(zip(COLOURS, table.normal(size=(len(COLOURS), size)), strict=True))
     background = table.normal(size=(BACKGROUND_KINDS, size))
     rng = np.random.default_rng([config.seed, 3, scene.image_id])
     features = rng.normal(scale=config.noise, size=(config.regions_per_image, size))
     boxes = np.zeros((config.regions_per_image, 4))
     for slot, thing in enumerate(scene.things):
         x, y, w, h = thing.bbox
-        boxes[slot] = np.array([x, y, x + w, y + h]) + rng.normal(scale=2.0, size=4)  # detectors are not exact
+        boxes[slot] = np.array([x, y, x + w, y + h]) + rng.normal(scale=2.0, size=4)  # detectors are inexact
         features[slot] += category[thing.category] + colour[thing.colour]
     for slot in range(len(scene.things), config.regions_per_image):
         x1, y1 = rng.uniform(0, scene.width * 0.6), rng.uniform(0, scene.height * 0.6)
@@ -307,20 +314,19 @@ def region_features(scene: Scene, config: WorldConfig) -> tuple[np.ndarray, np.n
 
 def game_record(dialogue: Dialogue, first_qid: int) -> dict:
     """One game in the 2017 (v1) layout; question ids count up from `first_qid`."""
-    scene = dialogue.scene
+    scene, turns = dialogue.scene, dialogue.turns
     objects = [
-        {"id": t.object_id, "category": t.category, "category_id": CATEGORIES[t.category], "bbox": list(t.bbox),
-         "area": round(t.bbox[2] * t.bbox[3], 2), "segment": [_polygon(t.bbox)]}
+        {"id": t.object_id, "category": t.category, "category_id": CATEGORIES[t.category],
+         "bbox": list(t.bbox), "area": round(t.bbox[2] * t.bbox[3], 2), "segment": [_polygon(t.bbox)]}
         for t in scene.things
     ]  # fmt: skip
-    qas = [
-        {"id": first_qid + n, "question": q.text, "answer": LABELS[a]} for n, (q, a) in enumerate(dialogue.turns)
-    ]
+    qas = [{"id": first_qid + n, "question": q.text, "answer": LABELS[a]} for n, (q, a) in enumerate(turns)]
     started = datetime(2016, 7, 8, 15, 0, 0) + timedelta(minutes=dialogue.game_id)
     return {
         "id": dialogue.game_id,
-        "image": {"id": scene.image_id, "file_name": f"{scene.stem}.jpg", "width": scene.width, "height": scene.height,
-                  "coco_url": f"http://mscoco.org/images/{scene.image_id}", "flickr_url": ""},
+        "image": {"id": scene.image_id, "file_name": f"{scene.stem}.jpg", "width": scene.width,
+                  "height": scene.height, "coco_url": f"http://mscoco.org/images/{scene.image_id}",
+                  "flickr_url": ""},
         "qas": qas,
         "objects": objects,
         "object_id": dialogue.target.object_id,
