@@ -140,9 +140,9 @@ def format_report(columns: list[tuple[str, dict]]) -> str:
         )
     ]
     rows = [
-        (f"{label} {metric}", [_percent(s["classes"][label][metric]) for _, s in columns])
+        (f"{label} {name}", [_percent(s["classes"][label][metric]) for _, s in columns])
         for label in LABELS
-        for metric in ("precision", "recall", "f1")
+        for metric, name in (("precision", "precision"), ("recall", "recall"), ("f1", "F1"))
     ]
     blocks.append(
         _table(

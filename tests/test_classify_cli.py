@@ -1,0 +1,179 @@
+"""`pipeline train` and `pipeline evaluate` end to end through click, and their one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from test_classify_helpers import SAMPLE, write_sample_cache
+
+from pipeline import main
+
+FAST = ["--epochs", "2", "--hidden", "16", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory, tiny_lxmert, sample_regions) -> dict[str, Path]:
+    """Caches of the real sample games, extracted with the tiny random LXMERT by `pipeline extract`."""
+    directory = tmp_path_factory.mktemp("caches")
+    caches = {}
+    for split in ("train", "valid", "test"):
+        out = directory / f"{split}.h5"
+        games = SAMPLE / f"compguesswhat.{split}.jsonl.gz"
+        result = _invoke("extract", "--games", games, "--regions", sample_regions, "--model", tiny_lxmert,
+                         "--out", out, "--device", "cpu")  # fmt: skip
+        assert result.exit_code == 0, result.output
+        caches[split] = out
+    return caches
+
+
+def _invoke(*args: object):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _train(caches: dict[str, Path], out: Path, *extra: object):
+    return _invoke(
+        "train", "--train", caches["train"], "--valid", caches["valid"], "--out", out, *FAST, *extra
+    )
+
+
+def _one_line_error(result) -> str:
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit)
+    return result.output.strip().splitlines()[-1]
+
+
+def test_train_both_models_and_evaluate_side_by_side(tmp_path, caches):
+    for model in ("turn", "dialogue"):
+        result = _train(caches, tmp_path / model, "--model", model)
+        assert result.exit_code == 0, result.output
+        assert "best epoch" in result.output
+    run = tmp_path / "dialogue"
+    assert {p.name for p in run.iterdir()} == {
+        "config.json",
+        "metrics.csv",
+        "best.pt",
+        "last.pt",
+        "train.log",
+    }
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [row["epoch"] for row in rows] == ["1", "2"]
+    assert "epoch 2: train loss" in (run / "train.log").read_text()
+    checkpoint = torch.load(run / "best.pt", weights_only=True)
+    assert (
+        checkpoint["spec"]["answer_feedback"] and checkpoint["feature_size"] == 32
+    )  # tiny LXMERT hidden size
+    assert json.loads((run / "config.json").read_text())["spec"]["kind"] == "dialogue"
+
+    subset = tmp_path / "subset.txt"
+    subset.write_text("\n".join(str(q) for q in h5py.File(caches["test"], "r")["qid"][3:9]) + "\n")
+    result = _invoke("evaluate", "--run", tmp_path / "turn", "--run", run, "--cache", caches["test"],
+                     "--subset", subset, "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    titles = (
+        "Overall",
+        "Per class",
+        "Confusion, turn",
+        "Confusion, dialogue own",
+        "Accuracy by turn",
+        "Accuracy by previous gold answer",
+        "Accuracy after an earlier Yes",
+        "Accuracy by question type",
+    )
+    for title in (*titles, "Subset", "(6 questions)"):
+        assert title in result.output
+    header = result.output[result.output.index("Overall") :].splitlines()[1]
+    assert header.split() == [
+        "turn",
+        "dialogue",
+        "own",
+        "dialogue",
+        "gold",
+    ]  # own answers fed back, gold history
+    report = json.loads((tmp_path / "turn" / "report.json").read_text())
+    assert set(report["columns"]) == {"turn", "dialogue own", "dialogue gold"}
+    assert report["questions"] == 39 and report["subset"]["questions"] == 6
+    assert report["columns"]["dialogue own"]["subset"]["questions"] == 6
+
+
+def test_seed_preset_trains_the_prior_configuration(tmp_path):
+    caches = {split: write_sample_cache(tmp_path / f"{split}.h5", split) for split in ("train", "valid")}
+    result = _train(caches, tmp_path / "seed", "--preset", "seed")
+    assert result.exit_code == 0, result.output
+    spec = torch.load(tmp_path / "seed" / "best.pt", weights_only=True)["spec"]
+    assert (spec["hidden"], spec["layers"], spec["target_vision"], spec["answer_feedback"]) == (
+        200,
+        1,
+        False,
+        False,
+    )
+
+
+def test_predictions_scored_against_a_games_file(tmp_path):
+    from extract.games import read_games
+
+    games = read_games(SAMPLE / "compguesswhat.test.jsonl.gz")
+    turns = [turn for game in games for turn in game.turns]
+    with open(tmp_path / "predictions.csv", "w") as handle:  # right except the first question
+        handle.write(
+            "qid,answer\n" + "".join(f"{t.qid},{'<yes>' if t.answer == 0 else 'No'}\n" for t in turns[:1])
+        )
+        handle.write("".join(f"{t.qid},{['No', 'yes', 'N/A'][t.answer]}\n" for t in turns[1:]))
+    games_file = SAMPLE / "compguesswhat.test.jsonl.gz"
+    result = _invoke("evaluate", "--predictions", tmp_path / "predictions.csv", "--games", games_file)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "predictions.csv.report.json").read_text())
+    scores = report["columns"]["predictions.csv"]["all"]
+    assert scores["questions"] == len(turns) == 39
+    assert scores["accuracy"] == pytest.approx(38 / 39)
+    assert scores["by_turn"]["1"]["accuracy"] == pytest.approx(5 / 6)
+
+
+def test_existing_run_dir_is_a_one_line_error(tmp_path):
+    caches = {split: write_sample_cache(tmp_path / f"{split}.h5", split) for split in ("train", "valid")}
+    assert _train(caches, tmp_path / "run", "--epochs", "1").exit_code == 0
+    line = _one_line_error(_train(caches, tmp_path / "run"))
+    assert line.startswith("Error: --out") and "--overwrite" in line
+    assert _train(caches, tmp_path / "run", "--epochs", "1", "--overwrite").exit_code == 0
+
+
+def test_bad_caches_are_one_line_errors(tmp_path):
+    caches = {split: write_sample_cache(tmp_path / f"{split}.h5", split) for split in ("train", "valid")}
+    with h5py.File(caches["train"], "r+") as h5:
+        h5["pooled"][4] = np.inf
+        qid = int(h5["qid"][4])
+    line = _one_line_error(_train(caches, tmp_path / "nan"))
+    assert "NaN/inf" in line and str(qid) in line and str(caches["train"]) in line
+    assert not (tmp_path / "nan" / "best.pt").exists()
+
+    old = write_sample_cache(tmp_path / "old.h5", "valid", schema_version=0)
+    line = _one_line_error(_train({"train": old, "valid": caches["valid"]}, tmp_path / "old"))
+    assert "schema version 0" in line
+
+    caches["train"] = write_sample_cache(tmp_path / "train.h5", "train")
+    assert _train(caches, tmp_path / "run", "--epochs", "1").exit_code == 0
+    wide = write_sample_cache(tmp_path / "wide.h5", "test", features=24)
+    line = _one_line_error(_invoke("evaluate", "--run", tmp_path / "run", "--cache", wide, "--device", "cpu"))
+    assert "24-d features" in line and "16-d" in line
+
+
+def test_same_seed_gives_identical_metrics(tmp_path):
+    caches = {split: write_sample_cache(tmp_path / f"{split}.h5", split) for split in ("train", "valid")}
+    metrics = {}
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        assert (
+            _train(caches, tmp_path / name, "--seed", seed, "--epochs", "3", "--patience", "3").exit_code == 0
+        )
+        rows = list(csv.DictReader((tmp_path / name / "metrics.csv").open()))
+        metrics[name] = [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+    assert len(metrics["a"]) == 3
+    assert metrics["a"] == metrics["b"]
+    assert metrics["a"] != metrics["c"]
+    weights = [torch.load(tmp_path / name / "last.pt", weights_only=True)["state_dict"] for name in "ab"]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
