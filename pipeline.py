@@ -19,6 +19,7 @@ import click
 
 from classify.evaluate import EvaluateConfig
 from classify.train import TrainConfig
+from extract.finetune import FinetuneConfig
 from extract.job import ExtractConfig
 from extract.regions import ImportTsvConfig, import_tsv
 
@@ -144,6 +145,20 @@ def _distributed(device: str) -> tuple[int, int, str, typing.Callable[[], None]]
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     return dist.get_rank(), world, device, dist.barrier
+
+
+@main.command()
+@config_options(FinetuneConfig)
+def finetune(**values: object) -> None:
+    """Fine-tune LXMERT as the single-turn oracle that `pipeline extract --model DIR` then runs."""
+    from extract.finetune import run_finetune
+
+    config = build(FinetuneConfig, values)
+    rank, world, device, barrier = _distributed(resolve_device(config.device))
+    accuracy = run_finetune(config, device, rank=rank, world=world, barrier=barrier)
+    if rank == 0:
+        what = f"{config.model} on {config.valid}" if config.eval_only else f"{config.out}: best validation"
+        click.echo(f"{what} accuracy {accuracy:.4f}")
 
 
 @main.group()

@@ -49,8 +49,9 @@ def prior_loop(encoder: Encoder, examples: list[Example]) -> float:
     for example in examples:
         batch = collate([example], encoder.tokenizer, 32)
         text = encoder.tokenizer([example.question], padding="max_length", max_length=32, return_tensors="pt")
-        batch.update(input_ids=text["input_ids"], attention_mask=text["attention_mask"],
-                     token_type_ids=text["token_type_ids"])  # fmt: skip
+        batch.update(
+            input_ids=text["input_ids"], attention_mask=text["attention_mask"], token_type_ids=text["token_type_ids"]
+        )
         lxmert_forward(encoder.model, {k: v.to(encoder.device) for k, v in batch.items()})
     if encoder.device.startswith("cuda"):
         torch.cuda.synchronize()

@@ -88,7 +88,9 @@ def write_metadata(h5: h5py.File, games: list[Game], hidden_size: int, attrs: di
 def write_cache(path: Path, games: list[Game], pooled: np.ndarray, target_vision: np.ndarray, attrs: dict) -> None:
     """Write a complete cache in one call (tests, predict --cache); atomic via a temporary name."""
     if pooled.shape != target_vision.shape or pooled.shape[0] != count_rows(games):
-        raise ValueError(f"{path}: features {pooled.shape}/{target_vision.shape} do not match {count_rows(games)} questions")
+        raise ValueError(
+            f"{path}: features {pooled.shape}/{target_vision.shape} do not match {count_rows(games)} questions"
+        )
     tmp = path.with_name(path.name + ".tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(tmp, "w") as h5:

@@ -143,7 +143,11 @@ def config_hash(model: LxmertModel) -> str:
 def collate(examples: list[Example], tokenizer: object, max_length: int) -> dict[str, torch.Tensor]:
     """Tokenise and pad a batch; regions are padded to the largest K with a visual attention mask."""
     text = tokenizer(
-        [e.question for e in examples], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        [e.question for e in examples],
+        padding=True,
+        truncation=True,
+        max_length=max_length,
+        return_tensors="pt",
     )
     k = max(e.visual.features.shape[0] for e in examples)
     d = examples[0].visual.features.shape[1]
@@ -200,8 +204,15 @@ def autocast_dtype(device: str, precision: str) -> torch.dtype | None:
 class Encoder:
     """A loaded LXMERT that turns examples into (pooled, target_vision) float32 arrays."""
 
-    def __init__(self, model: LxmertModel, tokenizer: object, settings: OracleSettings, extras: dict,
-                 device: str = "cpu", precision: str = "auto") -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: LxmertModel,
+        tokenizer: object,
+        settings: OracleSettings,
+        extras: dict,
+        device: str = "cpu",
+        precision: str = "auto",
+    ) -> None:
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         self.settings = settings

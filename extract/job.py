@@ -46,8 +46,11 @@ class ExtractConfig:
     regions: Path = field(metadata={"help": "Region store (.h5) made by `pipeline regions import-tsv`."})
     out: Path = field(metadata={"help": "Output cache file, e.g. cache/valid.h5."})
     model: str = _opt(DEFAULT_MODEL, "LXMERT hub id or directory (e.g. one written by `pipeline finetune`).")
-    target_features: Path | None = _opt(None, "Per-object target features (.h5 keyed by object id); default: "
-                                              "features of the region with the highest IoU with the target box.")  # fmt: skip
+    target_features: Path | None = _opt(
+        None,
+        "Per-object target features (.h5 keyed by object id); default: "
+        "features of the region with the highest IoU with the target box.",
+    )
     status: str = _opt("success", "Games to keep: 'all' or a comma list of success,failure,incomplete.")
     batch_size: int = _opt(64, "Questions per forward pass.")
     chunk_size: int = _opt(2048, "Questions per saved chunk (the unit of resume).")
@@ -120,8 +123,9 @@ def _prepare_parts(config: ExtractConfig, meta: dict, rank: int) -> Path:
     return parts
 
 
-def _encode_chunk(encoder: Encoder, games: list[Game], store: RegionStore, targets: TargetFeatures | None,
-                  batch_size: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def _encode_chunk(
+    encoder: Encoder, games: list[Game], store: RegionStore, targets: TargetFeatures | None, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
     examples = []
     for game in games:
         visual = inject_target(game, store[game.image], targets)
@@ -136,8 +140,9 @@ def _save_chunk(parts: Path, index: int, pooled: np.ndarray, vision: np.ndarray)
     log.debug("saved chunk %d", index)
 
 
-def _merge(config: ExtractConfig, parts: Path, games: list[Game], chunks: list[tuple[int, int]],
-           hidden: int, attrs: dict) -> None:  # fmt: skip
+def _merge(
+    config: ExtractConfig, parts: Path, games: list[Game], chunks: list[tuple[int, int]], hidden: int, attrs: dict
+) -> None:
     tmp = config.out.with_name(config.out.name + ".tmp")
     with h5py.File(tmp, "w") as h5:
         write_metadata(h5, games, hidden, attrs)
@@ -152,8 +157,14 @@ def _merge(config: ExtractConfig, parts: Path, games: list[Game], chunks: list[t
     shutil.rmtree(parts)
 
 
-def run_extract(config: ExtractConfig, device: str, rank: int = 0, world: int = 1,
-                barrier: Callable[[], None] = lambda: None, encoder: Encoder | None = None) -> Summary | None:  # fmt: skip
+def run_extract(
+    config: ExtractConfig,
+    device: str,
+    rank: int = 0,
+    world: int = 1,
+    barrier: Callable[[], None] = lambda: None,
+    encoder: Encoder | None = None,
+) -> Summary | None:
     """Encode every question of `config.games`; rank 0 returns the summary, other ranks None."""
     started = time.perf_counter()
     games = read_games(config.games, parse_statuses(config.status))
@@ -169,11 +180,20 @@ def run_extract(config: ExtractConfig, device: str, rank: int = 0, world: int = 
             f"{encoder.visual_feat_dim}"
         )
     chunks = chunk_games(games, config.chunk_size)
-    attrs = {**encoder.describe(config.model), "target_mode": "file" if targets else "nearest",
-             "target_features": str(config.target_features or ""), "status_filter": config.status,
-             "source_games": str(config.games)}  # fmt: skip
-    meta = {"games": str(config.games), "rows": count_rows(games), "chunks": len(chunks), "model": attrs["model"],
-            "model_config_hash": attrs["model_config_hash"]}  # fmt: skip
+    attrs = {
+        **encoder.describe(config.model),
+        "target_mode": "file" if targets else "nearest",
+        "target_features": str(config.target_features or ""),
+        "status_filter": config.status,
+        "source_games": str(config.games),
+    }
+    meta = {
+        "games": str(config.games),
+        "rows": count_rows(games),
+        "chunks": len(chunks),
+        "model": attrs["model"],
+        "model_config_hash": attrs["model_config_hash"],
+    }
     parts = _prepare_parts(config, meta, rank)
     barrier()  # rank 0 has created (or validated) the parts folder
     mine = [i for i in range(len(chunks)) if i % world == rank and not (parts / f"chunk_{i:05d}.npz").exists()]

@@ -23,8 +23,17 @@ from tqdm import tqdm
 log = logging.getLogger(__name__)
 
 TSV_FIELDS = (
-    "img_id", "img_h", "img_w", "objects_id", "objects_conf", "attrs_id", "attrs_conf", "num_boxes", "boxes", "features",
-)  # fmt: skip
+    "img_id",
+    "img_h",
+    "img_w",
+    "objects_id",
+    "objects_conf",
+    "attrs_id",
+    "attrs_conf",
+    "num_boxes",
+    "boxes",
+    "features",
+)
 
 
 class RegionError(ValueError):

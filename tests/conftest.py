@@ -46,9 +46,16 @@ def save_tiny_lxmert(directory: Path, questions: list[str], feature_size: int = 
     tokenizer = BertTokenizer.from_pretrained(directory)  # vocab_file= is ignored by transformers 5
     tokenizer.save_pretrained(directory)
     config = LxmertConfig(
-        vocab_size=len(vocab), hidden_size=32, num_attention_heads=2, intermediate_size=64,
-        l_layers=1, x_layers=1, r_layers=1, visual_feat_dim=feature_size, visual_pos_dim=4,
-    )  # fmt: skip
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_attention_heads=2,
+        intermediate_size=64,
+        l_layers=1,
+        x_layers=1,
+        r_layers=1,
+        visual_feat_dim=feature_size,
+        visual_pos_dim=4,
+    )
     LxmertModel(config).save_pretrained(directory)
     return directory
 

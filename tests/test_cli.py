@@ -50,6 +50,7 @@ def test_help_works_for_every_command() -> None:
 
 def test_config_validation_is_a_usage_error(tmp_path) -> None:
     result = CliRunner().invoke(
-        main, ["extract", "--games", "g", "--regions", "r", "--out", str(tmp_path / "o.h5"), "--batch-size", "0"]
+        main,
+        ["extract", "--games", "g", "--regions", "r", "--out", str(tmp_path / "o.h5"), "--batch-size", "0"],
     )
     assert result.exit_code == 2 and "--batch-size must be ≥ 1" in result.output

@@ -30,7 +30,19 @@ def run_cli(*args: object) -> object:
 
 
 def extract_args(games: Path, regions: Path, model: Path, out: Path) -> list:
-    return ["extract", "--games", games, "--regions", regions, "--model", model, "--out", out, "--device", "cpu"]
+    return [
+        "extract",
+        "--games",
+        games,
+        "--regions",
+        regions,
+        "--model",
+        model,
+        "--out",
+        out,
+        "--device",
+        "cpu",
+    ]
 
 
 def test_extract_writes_the_cache_schema(tmp_path: Path, tiny_lxmert: Path, sample_regions: Path) -> None:
@@ -112,7 +124,13 @@ def test_killed_run_resumes_to_the_same_file(tmp_path: Path, tiny_lxmert: Path, 
     games = copies_of_sample(tmp_path / "games.jsonl", 6)  # 600 questions
     killed, full = tmp_path / "killed.h5", tmp_path / "full.h5"
     common = ["--chunk-size", "40", "--batch-size", "8"]
-    command = [sys.executable, "-m", "pipeline", "-v", *map(str, extract_args(games, sample_regions, tiny_lxmert, killed))]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "-v",
+        *map(str, extract_args(games, sample_regions, tiny_lxmert, killed)),
+    ]
     process = subprocess.Popen(command + common, cwd=REPO, stderr=subprocess.PIPE, text=True)
     for line in process.stderr:
         if "saved chunk 2" in line:
@@ -140,8 +158,18 @@ def test_torchrun_two_cpu_processes_match_one(tmp_path: Path, tiny_lxmert: Path,
     single, sharded = tmp_path / "single.h5", tmp_path / "sharded.h5"
     common = ["--chunk-size", "7", "--batch-size", "4"]
     assert run_cli(*extract_args(games, sample_regions, tiny_lxmert, single), *common).exit_code == 0
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pipeline",
-               *map(str, extract_args(games, sample_regions, tiny_lxmert, sharded)), *common]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "pipeline",
+        *map(str, extract_args(games, sample_regions, tiny_lxmert, sharded)),
+        *common,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -17,13 +17,27 @@ def v2_record(dialogue_id: int = 7, qids: tuple[int, ...] = (70, 71), answers: t
         "dialogue_id": dialogue_id,
         "picture_id": 534127,
         "picture": {"file_name": "COCO_val2014_000000534127.jpg", "width": 640, "height": 480},
-        "qas": [{"id": q, "q": f"is it number {q}?", "a": a} for q, a in zip(qids, answers)],
+        "qas": [{"id": q, "q": f"is it number {q}?", "a": a} for q, a in zip(qids, answers, strict=False)],
         "objects": {
-            "11": {"object_id": 11, "category": "cup", "category_id": 47, "bbox": [10, 20, 30, 40], "area": 1,
-                   "iscrowd": False, "segment": []},
-            "12": {"object_id": 12, "category": "dog", "category_id": 18, "bbox": [0, 0, 5, 5], "area": 1,
-                   "iscrowd": False, "segment": []},
-        },  # fmt: skip
+            "11": {
+                "object_id": 11,
+                "category": "cup",
+                "category_id": 47,
+                "bbox": [10, 20, 30, 40],
+                "area": 1,
+                "iscrowd": False,
+                "segment": [],
+            },
+            "12": {
+                "object_id": 12,
+                "category": "dog",
+                "category_id": 18,
+                "bbox": [0, 0, 5, 5],
+                "area": 1,
+                "iscrowd": False,
+                "segment": [],
+            },
+        },
         "object_id": 11,
         "status": "success",
     }
@@ -98,8 +112,14 @@ def test_box_conversion_is_corners_over_size() -> None:
     [
         ([v2_record(), "{not json"], r"bad\.jsonl:2: malformed JSON"),
         ([{**v2_record(), "object_id": 99}], r"bad\.jsonl:1: game 7: target object 99 is not among"),
-        ([v2_record(7, (70,)), v2_record(8, (70,))], r"bad\.jsonl:2: game 8: question id 70 already used at line 1"),
-        ([{k: v for k, v in v2_record().items() if k != "picture"}], r"bad\.jsonl:1: game 7: missing required field"),
+        (
+            [v2_record(7, (70,)), v2_record(8, (70,))],
+            r"bad\.jsonl:2: game 8: question id 70 already used at line 1",
+        ),
+        (
+            [{k: v for k, v in v2_record().items() if k != "picture"}],
+            r"bad\.jsonl:1: game 7: missing required field",
+        ),
         ([v2_record(7, (70,), ("maybe",))], r"bad\.jsonl:1: game 7: question 70: unknown answer 'maybe'"),
     ],
 )

@@ -16,7 +16,9 @@ def import_tsv(paths: list[Path], out: Path, append: bool = False) -> tuple[int,
     return _import(ImportTsvConfig(tuple(paths), out, append))
 
 
-def tsv_row(stem: str, n: int, rng: np.random.Generator, feature_size: int = 2048) -> tuple[str, np.ndarray, np.ndarray]:
+def tsv_row(
+    stem: str, n: int, rng: np.random.Generator, feature_size: int = 2048
+) -> tuple[str, np.ndarray, np.ndarray]:
     def b64(array: np.ndarray) -> str:
         return base64.b64encode(array.tobytes()).decode()
 
@@ -40,7 +42,9 @@ def write_tsv(path: Path, stems: list[str], seed: int) -> dict[str, tuple[np.nda
 
 
 def test_import_train_and_val_into_one_store(tmp_path: Path) -> None:
-    train = write_tsv(tmp_path / "train2014_obj36.tsv", ["COCO_train2014_000000000009", "COCO_train2014_000000000025"], 0)
+    train = write_tsv(
+        tmp_path / "train2014_obj36.tsv", ["COCO_train2014_000000000009", "COCO_train2014_000000000025"], 0
+    )
     val = write_tsv(tmp_path / "val2014_obj36.tsv", ["COCO_val2014_000000000042"], 1)
     out = tmp_path / "regions.h5"
     assert import_tsv([tmp_path / "train2014_obj36.tsv"], out) == (2, 0)
