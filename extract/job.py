@@ -179,6 +179,11 @@ def run_extract(
             f"{config.regions}: region features have size {store.feature_size} but {config.model} expects "
             f"{encoder.visual_feat_dim}"
         )
+    if encoder.settings.target_mode == "file" and targets is None:
+        raise ValueError(
+            f"--model {config.model}: this oracle was fine-tuned with per-object target features; "
+            "pass the same file with --target-features"
+        )
     chunks = chunk_games(games, config.chunk_size)
     attrs = {
         **encoder.describe(config.model),
