@@ -48,30 +48,26 @@ def count_rows(games: list[Game]) -> int:
     return sum(len(game.turns) for game in games)
 
 
+def columns(games: list[Game]) -> dict[str, np.ndarray | list[str]]:
+    """The per-question columns of the schema (everything but the features), in row order."""
+    rows = [(game, index, turn) for game in games for index, turn in enumerate(game.turns)]
+    return {
+        "qid": np.array([t.qid for _, _, t in rows], dtype=np.int64),
+        "game_id": np.array([g.game_id for g, _, _ in rows], dtype=np.int64),
+        "turn": np.array([i for _, i, _ in rows], dtype=np.int16),
+        "answer": np.array([t.answer for _, _, t in rows], dtype=np.int8),
+        "question": [t.question for _, _, t in rows],
+        "image": [g.image for g, _, _ in rows],
+        "target_category": np.array([g.target.category_id for g, _, _ in rows], dtype=np.int16),
+        "target_box": np.array([g.target_box_normalised() for g, _, _ in rows], dtype=np.float32).reshape(-1, 4),
+    }
+
+
 def write_metadata(h5: h5py.File, games: list[Game], hidden_size: int, attrs: dict) -> None:
     """Create all datasets of the schema in an open, empty file; feature rows are zero until written."""
     n = count_rows(games)
-    columns: dict[str, list] = {k: [] for k in ("qid", "game_id", "turn", "answer", "question", "image")}
-    category, box = [], []
-    for game in games:
-        target = game.target
-        for index, turn in enumerate(game.turns):
-            columns["qid"].append(turn.qid)
-            columns["game_id"].append(game.game_id)
-            columns["turn"].append(index)
-            columns["answer"].append(turn.answer)
-            columns["question"].append(turn.question)
-            columns["image"].append(game.image)
-            category.append(target.category_id)
-            box.append(game.target_box_normalised())
-    h5.create_dataset("qid", data=np.asarray(columns["qid"], dtype=np.int64))
-    h5.create_dataset("game_id", data=np.asarray(columns["game_id"], dtype=np.int64))
-    h5.create_dataset("turn", data=np.asarray(columns["turn"], dtype=np.int16))
-    h5.create_dataset("answer", data=np.asarray(columns["answer"], dtype=np.int8))
-    h5.create_dataset("question", data=columns["question"], dtype=_STR)
-    h5.create_dataset("image", data=columns["image"], dtype=_STR)
-    h5.create_dataset("target_category", data=np.asarray(category, dtype=np.int16))
-    h5.create_dataset("target_box", data=np.asarray(box, dtype=np.float32).reshape(n, 4))
+    for name, values in columns(games).items():
+        h5.create_dataset(name, data=values, dtype=_STR if isinstance(values, list) else values.dtype)
     for name in FEATURE_DATASETS:
         h5.create_dataset(name, shape=(n, hidden_size), dtype=np.float16, chunks=(min(max(n, 1), 256), hidden_size))
     h5.attrs.update(

@@ -123,9 +123,10 @@ def _prepare_parts(config: ExtractConfig, meta: dict, rank: int) -> Path:
     return parts
 
 
-def _encode_chunk(
+def encode_games(
     encoder: Encoder, games: list[Game], store: RegionStore, targets: TargetFeatures | None, batch_size: int
 ) -> tuple[np.ndarray, np.ndarray]:
+    """(pooled, target_vision) float32 [N, H] for every question of `games`, in row order."""
     examples = []
     for game in games:
         visual = inject_target(game, store[game.image], targets)
@@ -206,7 +207,7 @@ def run_extract(
     with tqdm(total=todo_rows, desc="extract", unit="q", disable=rank != 0) as bar:
         for index in mine:
             first, end = chunks[index]
-            pooled, vision = _encode_chunk(encoder, games[first:end], store, targets, config.batch_size)
+            pooled, vision = encode_games(encoder, games[first:end], store, targets, config.batch_size)
             _save_chunk(parts, index, pooled, vision)
             bar.update(pooled.shape[0])
     barrier()  # every rank's chunks are on disk
