@@ -43,8 +43,18 @@ log = logging.getLogger(__name__)
 
 NO, YES, NA = 0, 1, 2  # the label ids of extract.games.LABELS
 CATEGORIES = {
-    "bicycle": 2, "car": 3, "cat": 17, "dog": 18, "umbrella": 28, "bottle": 44,
-    "cup": 47, "bowl": 51, "apple": 53, "chair": 62, "book": 84, "clock": 85,
+    "bicycle": 2,
+    "car": 3,
+    "cat": 17,
+    "dog": 18,
+    "umbrella": 28,
+    "bottle": 44,
+    "cup": 47,
+    "bowl": 51,
+    "apple": 53,
+    "chair": 62,
+    "book": 84,
+    "clock": 85,
 }  # fmt: skip  (real COCO category ids; no "person": the keyword types call that a super-category)
 COLOURS = ("red", "blue", "green", "yellow", "white", "black")
 SIDES = ("left", "right", "top", "bottom")
