@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -260,3 +261,38 @@ class Encoder:
             pooled[index] = p.float().cpu().numpy()
             vision[index] = v.float().cpu().numpy()
         return pooled, vision
+
+
+def save_random_lxmert(
+    directory: Path, words: list[str], feature_size: int, hidden_size: int = 32, layers: int = 1, seed: int = 0
+) -> Path:
+    """A randomly initialised LXMERT whose tokenizer knows `words`, saved the transformers way (no download).
+
+    For tests, benchmarks and the demo. The tokenizer is loaded from a written vocab.txt with
+    `from_pretrained(directory)`: transformers 5 silently ignores `vocab_file=` and makes every word [UNK].
+    """
+    from transformers import BertTokenizer, LxmertConfig
+
+    torch.manual_seed(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(words) - {"[PAD]", "[UNK]", "[CLS]", "[SEP]"})]
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizer.from_pretrained(directory).save_pretrained(directory)
+    config = LxmertConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden_size,
+        num_attention_heads=max(hidden_size // 16, 1),
+        intermediate_size=hidden_size * 2,
+        l_layers=layers,
+        x_layers=layers,
+        r_layers=layers,
+        visual_feat_dim=feature_size,
+        visual_pos_dim=4,
+    )
+    LxmertModel(config).save_pretrained(directory)
+    return directory
+
+
+def question_words(questions: list[str]) -> list[str]:
+    """The lowercased words and punctuation marks of `questions`, as BERT's basic tokenizer splits them."""
+    return sorted({w for q in questions for w in re.findall(r"\w+|[^\w\s]", q.lower())})

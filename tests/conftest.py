@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
-import torch
-from transformers import BertTokenizer, LxmertConfig, LxmertModel
 
+from extract.encoder import question_words, save_random_lxmert
 from extract.games import Game, read_games
 from extract.regions import write_image
 
@@ -18,7 +16,6 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 SAMPLE = SHARED / "refdata" / "guesswhat" / "compguesswhat_sample"
 FEATURE_SIZE = 16
 REGIONS_PER_IMAGE = 6
-SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 def sample_path(split: str) -> Path:
@@ -33,31 +30,9 @@ def sample_games() -> dict[str, list[Game]]:
     return {split: read_games(sample_path(split)) for split in ("train", "valid", "test")}
 
 
-def words_of(questions: list[str]) -> list[str]:
-    return sorted({w for q in questions for w in re.findall(r"\w+|[^\w\s]", q.lower())})
-
-
 def save_tiny_lxmert(directory: Path, questions: list[str], feature_size: int = FEATURE_SIZE, seed: int = 0) -> Path:
     """A random LXMERT (hidden 32, 1/1/1 layers) and a tokenizer covering `questions`, saved the transformers way."""
-    torch.manual_seed(seed)
-    directory.mkdir(parents=True, exist_ok=True)
-    vocab = SPECIAL + words_of(questions)
-    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizer.from_pretrained(directory)  # vocab_file= is ignored by transformers 5
-    tokenizer.save_pretrained(directory)
-    config = LxmertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_attention_heads=2,
-        intermediate_size=64,
-        l_layers=1,
-        x_layers=1,
-        r_layers=1,
-        visual_feat_dim=feature_size,
-        visual_pos_dim=4,
-    )
-    LxmertModel(config).save_pretrained(directory)
-    return directory
+    return save_random_lxmert(directory, question_words(questions), feature_size, hidden_size=32, layers=1, seed=seed)
 
 
 @pytest.fixture(scope="session")
