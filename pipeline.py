@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 
 from classify.evaluate import EvaluateConfig
+from classify.predict import PredictConfig
 from classify.train import TrainConfig
 from extract.finetune import FinetuneConfig
 from extract.job import ExtractConfig
@@ -45,7 +46,9 @@ def config_options(cls: type) -> typing.Callable:
 def _option(field: dataclasses.Field, hint: object) -> typing.Callable:
     name = "--" + field.name.replace("_", "-")
     required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
-    default = None if required else (field.default if field.default is not dataclasses.MISSING else field.default_factory())
+    default = (
+        None if required else (field.default if field.default is not dataclasses.MISSING else field.default_factory())
+    )
     kwargs: dict = {"help": field.metadata.get("help", ""), "show_default": not required and default not in (None, ())}
     if required:
         kwargs["required"] = True
@@ -192,7 +195,6 @@ def extract(**values: object) -> None:
         )
 
 
-
 # ---------------------------------------------------------------- stage two
 
 
@@ -234,6 +236,111 @@ def evaluate(**values: object) -> None:
     _, text = evaluate_oracle(config, device, questions)
     click.echo(text)
     click.echo(f"\nreport: {config.report_path()}")
+
+
+# ---------------------------------------------------------------- both stages: new games
+
+
+def _read_new_games(path: Path) -> list:
+    """Games to answer: a file (JSON lines or one JSON game) or `-` for JSON lines on stdin; any status."""
+    from extract.games import read_games, read_games_lines
+
+    if str(path) == "-":
+        return read_games_lines(click.get_text_stream("stdin"), "<stdin>")
+    return read_games(path, statuses=None)
+
+
+def _check_pair(oracle: str, encoder: object, checkpoint: dict, run: Path) -> None:
+    """The run must have been trained on caches made by this oracle: same feature size and LXMERT config."""
+    if checkpoint["feature_size"] != encoder.hidden_size:
+        raise ValueError(
+            f"--oracle {oracle} makes {encoder.hidden_size}-d vectors but --run {run} was trained on "
+            f"{checkpoint['feature_size']}-d ones; use the oracle that extracted the run's caches"
+        )
+    trained_on = checkpoint.get("cache_attrs", {})
+    ours = encoder.describe(oracle)
+    for key in ("model_config_hash", "oracle_settings"):
+        if trained_on.get(key) not in (None, ours[key]):
+            raise ValueError(
+                f"--oracle {oracle}: its {key} differs from that of the caches --run {run} was trained on "
+                f"({trained_on.get('model')}); use the same oracle"
+            )
+
+
+@main.command()
+@config_options(PredictConfig)
+def predict(**values: object) -> None:
+    """Answer every question of new games: LXMERT in memory, then the dialogue model on its own answers."""
+    from classify.data import make_split
+    from classify.predict import accuracy, predict_split, prediction_records, write_predictions
+    from classify.run import load_model
+    from extract.cache import columns, write_cache
+    from extract.encoder import Encoder, TargetFeatures
+    from extract.job import check_images, encode_games
+    from extract.regions import RegionStore
+
+    config = build(PredictConfig, values)
+    device = resolve_device(config.device)
+    model, checkpoint = load_model(config.run, device)
+    encoder = Encoder.load(config.oracle, device=device, precision=config.precision)
+    _check_pair(config.oracle, encoder, checkpoint, config.run)
+    store = RegionStore(config.regions)
+    targets = TargetFeatures(config.target_features) if config.target_features else None
+    if config.interactive:
+        return _interactive(config, model, encoder, store, targets, device)
+    games, _ = check_images(_read_new_games(config.games), store, skip_missing=False)
+    if not games:
+        raise ValueError(f"{config.games}: no games with questions to answer")
+    pooled, vision = encode_games(encoder, games, store, targets, config.batch_size)
+    if config.cache:
+        write_cache(
+            config.cache, games, pooled, vision, {**encoder.describe(config.oracle), "source_games": str(config.games)}
+        )
+    cols = columns(games)
+    question = cols.pop("question")
+    cols.pop("image")
+    split = make_split(str(config.games), pooled=pooled, target_vision=vision, **cols)
+    records = prediction_records(split, predict_split(model, split, config.batch_size, device), question)
+    write_predictions(records, config.out)
+    score = accuracy(records)
+    summary = f"{len(games)} games, {len(records)} questions answered"
+    click.echo(summary + (f"; accuracy {score:.4f} against the file's answers" if score is not None else ""), err=True)
+
+
+def _interactive(
+    config: PredictConfig, model: object, encoder: object, store: object, targets: object, device: str
+) -> None:
+    """Answer typed questions about one game; the game's own questions, if any, are replayed first."""
+    from classify.predict import LiveDialogue
+    from extract.encoder import Example, inject_target
+    from extract.games import LABELS, read_games
+
+    games = read_games(config.game, statuses=None, keep_empty=True)
+    if len(games) != 1:
+        raise ValueError(f"--game {config.game}: expected one game, found {len(games)}")
+    game = games[0]
+    visual = inject_target(game, store[game.image], targets)
+    live = LiveDialogue(model, game.game_id, game.target.category_id, game.target_box_normalised(), device)
+    stdin = click.get_text_stream("stdin")
+    prompt = stdin.isatty()
+
+    def answer(question: str) -> None:
+        pooled, vision = encoder.encode([Example(question, visual)])
+        probs = live.ask(pooled[0], vision[0])
+        shown = "  ".join(f"{label} {p:.2f}" for label, p in zip(LABELS, probs, strict=True))
+        click.echo(f"{LABELS[int(probs.argmax())]}\t({shown})")
+
+    click.echo(f"game {game.game_id}: target is a {game.target.category} in {game.image}; empty line or 'quit' ends")
+    for turn in game.turns:
+        click.echo(f"> {turn.question}")
+        answer(turn.question)
+    while True:
+        if prompt:
+            click.echo("> ", nl=False)
+        line = stdin.readline()
+        if not line or line.strip().lower() in ("", "quit", "exit"):
+            break
+        answer(line.strip())
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from torch import nn
 from classify.data import SCHEMA_VERSION, Split
 from classify.model import OracleSpec, build_model
 
+CACHE_IDENTITY = ("model", "model_config_hash", "oracle_settings")
 RUN_FILES = ("config.json", "metrics.csv", "best.pt", "last.pt", "train.log", "report.json")
 
 
@@ -32,6 +33,8 @@ def save_checkpoint(path: Path, model: nn.Module, epoch: int, metrics: dict, spl
         "schema_version": SCHEMA_VERSION,
         "feature_size": split.feature_size,
         "cache_model": str(split.attrs.get("model", "")),
+        # which oracle made the caches: predict refuses an oracle whose vectors would differ
+        "cache_attrs": {k: str(split.attrs[k]) for k in CACHE_IDENTITY if k in split.attrs},
     }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(checkpoint, tmp)

@@ -88,8 +88,10 @@ def parse_statuses(spec: str) -> set[str] | None:
     return statuses
 
 
-def read_games(path: Path, statuses: set[str] | None = frozenset({"success"})) -> list[Game]:
-    """Read a games file (.jsonl, .jsonl.gz or one JSON object); keep games whose status is in `statuses`."""
+def read_games(path: Path, statuses: set[str] | None = frozenset({"success"}), keep_empty: bool = False) -> list[Game]:
+    """Read a games file (.jsonl, .jsonl.gz or one JSON object); keep games whose status is in `statuses`.
+
+    Games without questions are skipped (and counted) unless `keep_empty` (a game to play live)."""
     try:
         text = _read_text(path)
     except (OSError, EOFError, zlib.error, UnicodeDecodeError) as error:
@@ -97,10 +99,10 @@ def read_games(path: Path, statuses: set[str] | None = frozenset({"success"})) -
     stripped = text.lstrip()
     if stripped.startswith("{") and "\n" in stripped.rstrip():
         try:  # a single game written as one (pretty-printed) JSON object
-            return parse_games([(1, json.loads(text))], str(path), statuses)
+            return parse_games([(1, json.loads(text))], str(path), statuses, keep_empty)
         except json.JSONDecodeError:
             pass  # JSON lines after all
-    return parse_games(_json_lines(text.splitlines(), str(path)), str(path), statuses)
+    return parse_games(_json_lines(text.splitlines(), str(path)), str(path), statuses, keep_empty)
 
 
 def read_games_lines(lines: Iterable[str], source: str, statuses: set[str] | None = None) -> list[Game]:
@@ -130,7 +132,9 @@ def _json_lines(lines: Iterable[str], source: str) -> Iterable[tuple[int, dict]]
         yield number, record
 
 
-def parse_games(records: Iterable[tuple[int, dict]], source: str, statuses: set[str] | None) -> list[Game]:
+def parse_games(
+    records: Iterable[tuple[int, dict]], source: str, statuses: set[str] | None, keep_empty: bool = False
+) -> list[Game]:
     games, skipped, seen_qids = [], Counter(), {}
     read = 0
     for number, record in records:
@@ -139,7 +143,7 @@ def parse_games(records: Iterable[tuple[int, dict]], source: str, statuses: set[
         if statuses is not None and game.status not in statuses:
             skipped[f"status {game.status}"] += 1
             continue
-        if not game.turns:
+        if not game.turns and not keep_empty:
             skipped["no questions"] += 1
             continue
         for turn in game.turns:

@@ -90,7 +90,8 @@ def chunk_games(games: list[Game], chunk_size: int) -> list[tuple[int, int]]:
     return chunks
 
 
-def _check_images(games: list[Game], store: RegionStore, skip_missing: bool) -> tuple[list[Game], int]:
+def check_images(games: list[Game], store: RegionStore, skip_missing: bool) -> tuple[list[Game], int]:
+    """Games whose image is in the store, and how many were dropped; without `skip_missing` a miss is an error."""
     missing = [g for g in games if g.image not in store]
     if missing and not skip_missing:
         g = missing[0]
@@ -170,7 +171,7 @@ def run_extract(
     started = time.perf_counter()
     games = read_games(config.games, parse_statuses(config.status))
     store = RegionStore(config.regions)
-    games, skipped = _check_images(games, store, config.skip_missing)
+    games, skipped = check_images(games, store, config.skip_missing)
     if not games:
         raise ValueError(f"{config.games}: no games left to encode (status filter '{config.status}')")
     targets = TargetFeatures(config.target_features) if config.target_features else None
