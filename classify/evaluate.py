@@ -51,9 +51,7 @@ class EvaluateConfig:
         default=None,
         metadata={"help": "Games file with gold answers for --predictions (instead of --cache)."},
     )
-    status: str = field(
-        default="success", metadata={"help": "Game statuses kept from --games ('all' or a list)."}
-    )
+    status: str = field(default="success", metadata={"help": "Game statuses kept from --games ('all' or a list)."})
     subset: Path | None = field(
         default=None,
         metadata={"help": "Also score only these qids: one per line, or CSV with a question_id column."},
@@ -132,12 +130,9 @@ def _report(config: EvaluateConfig, questions: Questions, columns: dict) -> tupl
     if config.subset is not None:
         mask = np.isin(questions.qid, read_subset(config.subset))
         report["subset"] = {"file": str(config.subset), "questions": int(mask.sum())}
-        subset_scores = {
-            name: score(questions, predicted, mask, context) for name, (_, predicted) in columns.items()
-        }
+        subset_scores = {name: score(questions, predicted, mask, context) for name, (_, predicted) in columns.items()}
         text.append(
-            f"Subset {config.subset} ({int(mask.sum())} questions)\n\n"
-            + format_report(list(subset_scores.items()))
+            f"Subset {config.subset} ({int(mask.sum())} questions)\n\n" + format_report(list(subset_scores.items()))
         )
     for name, (description, _) in columns.items():
         report["columns"][name] = {**description, "all": scored[name]}
@@ -179,11 +174,7 @@ def parse_label(value: object) -> int:
 
 def read_predictions(path: Path) -> dict[int, int]:
     """qid → label from a `qid,answer` CSV (header optional) or JSONL (objects with qid and answer)."""
-    with (
-        gzip.open(path, "rt", encoding="utf-8")
-        if path.suffix == ".gz"
-        else open(path, encoding="utf-8") as handle
-    ):
+    with gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8") as handle:
         text = handle.read()
     first = next((line for line in text.splitlines() if line.strip()), "")
     records = _json_records(text, path) if first.lstrip().startswith("{") else _csv_records(text, path)
@@ -208,9 +199,7 @@ def _json_records(text: str, path: Path):
             record = json.loads(line)
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}:{number}: malformed JSON ({error.msg})") from None
-        nested = next(
-            (record[k] for k in ("turns", "qas", "questions") if isinstance(record.get(k), list)), None
-        )
+        nested = next((record[k] for k in ("turns", "qas", "questions") if isinstance(record.get(k), list)), None)
         for item in nested if nested is not None else [record]:
             qid = next((item[k] for k in ("qid", "question_id", "id") if k in item), None)
             yield f"{path}:{number}", qid, item.get("answer", item.get("a"))
@@ -220,9 +209,7 @@ def _csv_records(text: str, path: Path):
     rows = list(csv.reader(io.StringIO(text)))
     header = [cell.strip().casefold() for cell in rows[0]] if rows else []
     has_header = bool(header) and not header[0].lstrip("-").isdigit()
-    qid_column = (
-        next((header.index(k) for k in ("qid", "question_id") if k in header), 0) if has_header else 0
-    )
+    qid_column = next((header.index(k) for k in ("qid", "question_id") if k in header), 0) if has_header else 0
     answer_column = header.index("answer") if has_header and "answer" in header else 1
     for number, row in enumerate(rows[1:] if has_header else rows, start=2 if has_header else 1):
         if row:
@@ -247,17 +234,11 @@ def align(predictions: dict[int, int], questions: Questions) -> np.ndarray:
 
 def read_subset(path: Path) -> np.ndarray:
     """qids from a file of one qid per line, or a CSV with a question_id (or qid) column."""
-    rows = [
-        row
-        for row in csv.reader(io.StringIO(Path(path).read_text(encoding="utf-8")))
-        if row and row[0].strip()
-    ]
+    rows = [row for row in csv.reader(io.StringIO(Path(path).read_text(encoding="utf-8"))) if row and row[0].strip()]
     header = [cell.strip().casefold() for cell in rows[0]] if rows else []
     column = next((header.index(k) for k in ("question_id", "qid") if k in header), None)
     if column is None and header and not header[0].strip().isdigit():
-        raise ValueError(
-            f"{path}: expected one qid per line or a CSV with a question_id column, got {rows[0]}"
-        )
+        raise ValueError(f"{path}: expected one qid per line or a CSV with a question_id column, got {rows[0]}")
     body = rows[1:] if column is not None else rows
     try:
         return np.array([int(row[column or 0]) for row in body], dtype=np.int64)

@@ -154,9 +154,7 @@ def format_report(columns: list[tuple[str, dict]]) -> str:
         )
     )
     for name, scores in columns:
-        matrix = [
-            (f"gold {label}", [str(v) for v in scores["confusion"][k]]) for k, label in enumerate(LABELS)
-        ]
+        matrix = [(f"gold {label}", [str(v) for v in scores["confusion"][k]]) for k, label in enumerate(LABELS)]
         blocks.append(_table(f"Confusion, {name} (rows gold, columns predicted)", list(LABELS), matrix))
     for grouping, groups in GROUPINGS.items():
         rows = [
@@ -184,8 +182,6 @@ def _table(title: str, header: list[str], rows: list[tuple[str, list[str]]]) -> 
     ]
     for label, cells in rows:
         lines.append(
-            label.ljust(label_width)
-            + "  "
-            + "  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True))
+            label.ljust(label_width) + "  " + "  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True))
         )
     return "\n".join(lines)

@@ -81,8 +81,7 @@ def clear_run_dir(out: Path, overwrite: bool) -> None:
         raise FileExistsError(f"--out {out}: exists and is not a directory")
     if existing and not overwrite:
         raise FileExistsError(
-            f"--out {out}: already holds a run ({', '.join(existing)}); pass --overwrite or "
-            "choose another directory"
+            f"--out {out}: already holds a run ({', '.join(existing)}); pass --overwrite or choose another directory"
         )
     for name in existing:  # only our own files: --out . --overwrite must not delete anything else
         (out / name).unlink()

@@ -57,9 +57,7 @@ class TrainConfig:
 
     train: Path = field(metadata={"help": "Oracle cache of the training split (.h5)."})
     valid: Path = field(metadata={"help": "Oracle cache of the validation split (.h5), for early stopping."})
-    out: Path = field(
-        metadata={"help": "Run directory to create (config.json, metrics.csv, best.pt, last.pt)."}
-    )
+    out: Path = field(metadata={"help": "Run directory to create (config.json, metrics.csv, best.pt, last.pt)."})
     model: Literal["dialogue", "turn"] = field(
         default="dialogue",
         metadata={"help": "dialogue: LSTM over the game's turns; turn: single-turn MLP baseline."},
@@ -71,9 +69,7 @@ class TrainConfig:
             "overrides --target-vision, --answer-feedback, --target, --hidden, --layers."
         },
     )
-    target_vision: bool = field(
-        default=True, metadata={"help": "Add the target's LXMERT vision vector per turn."}
-    )
+    target_vision: bool = field(default=True, metadata={"help": "Add the target's LXMERT vision vector per turn."})
     answer_feedback: bool = field(
         default=True,
         metadata={"help": "Add the previous turn's answer (dialogue model only; gold in training)."},
@@ -83,9 +79,7 @@ class TrainConfig:
     layers: int = field(default=1, metadata={"help": "LSTM layers (dialogue model)."})
     dropout: float = field(default=0.3, metadata={"help": "Dropout before the output layer."})
     epochs: int = field(default=20, metadata={"help": "Maximum number of epochs."})
-    patience: int = field(
-        default=3, metadata={"help": "Stop after this many epochs without a better valid score."}
-    )
+    patience: int = field(default=3, metadata={"help": "Stop after this many epochs without a better valid score."})
     batch_size: int = field(default=64, metadata={"help": "Games per batch."})
     lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
@@ -174,9 +168,7 @@ def _train(config: TrainConfig, device: torch.device) -> TrainResult:
         writer.writeheader()
         for epoch in range(1, config.epochs + 1):
             started = time.perf_counter()
-            train_loss, train_accuracy = train_epoch(
-                model, optimizer, train_split, config, rng, device, epoch
-            )
+            train_loss, train_accuracy = train_epoch(model, optimizer, train_split, config, rng, device, epoch)
             valid = validate(model, valid_split, config.batch_size * 4, device)
             row = {
                 "epoch": epoch,
@@ -207,9 +199,7 @@ def _train(config: TrainConfig, device: torch.device) -> TrainResult:
             if epoch - best_epoch >= config.patience:
                 log.info("no better valid accuracy for %d epochs: stopping", config.patience)
                 break
-    log.info(
-        "best epoch %d: valid own-answer accuracy %.4f; run in %s", best_epoch, best_accuracy, config.out
-    )
+    log.info("best epoch %d: valid own-answer accuracy %.4f; run in %s", best_epoch, best_accuracy, config.out)
     return TrainResult(config.out, best_epoch, best_accuracy, epoch)
 
 
