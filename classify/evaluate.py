@@ -117,15 +117,16 @@ def evaluate(
             {"predictions": str(config.predictions)},
             align(read_predictions(config.predictions), questions),
         )
-    return _report(config, questions, columns)
+    statuses = str(split.attrs.get("status_filter", "unknown")) if split is not None else config.status
+    return _report(config, questions, columns, statuses)
 
 
-def _report(config: EvaluateConfig, questions: Questions, columns: dict) -> tuple[dict, str]:
+def _report(config: EvaluateConfig, questions: Questions, columns: dict, statuses: str) -> tuple[dict, str]:
     context = questions.context()
     gold_source = str(config.cache or config.games)
-    report = {"gold": gold_source, "questions": len(questions.qid), "columns": {}}
+    report = {"gold": gold_source, "game_statuses": statuses, "questions": len(questions.qid), "columns": {}}
     scored = {name: score(questions, predicted, context=context) for name, (_, predicted) in columns.items()}
-    text = [f"All questions of {gold_source}\n\n" + format_report(list(scored.items()))]
+    text = [f"All questions of {gold_source} (games: {statuses})\n\n" + format_report(list(scored.items()))]
     subset_scores = {}
     if config.subset is not None:
         mask = np.isin(questions.qid, read_subset(config.subset))

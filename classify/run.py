@@ -74,15 +74,20 @@ def check_split(checkpoint: dict, split: Split, run: Path | str = "the run") -> 
         )
 
 
-def clear_run_dir(out: Path, overwrite: bool) -> None:
-    """Make `out` ready for a new run: error if it holds a run and not `overwrite`, else delete our files."""
-    existing = [name for name in RUN_FILES if (out / name).exists()]
+def check_run_dir(out: Path, overwrite: bool) -> list[str]:
+    """Our files already in `out`; an error if there are some and `overwrite` is off."""
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out}: exists and is not a directory")
+    existing = [name for name in RUN_FILES if (out / name).exists()]
     if existing and not overwrite:
         raise FileExistsError(
             f"--out {out}: already holds a run ({', '.join(existing)}); pass --overwrite or choose another directory"
         )
-    for name in existing:  # only our own files: --out . --overwrite must not delete anything else
+    return existing
+
+
+def clear_run_dir(out: Path, overwrite: bool) -> None:
+    """Make `out` ready for a new run: error if it holds a run and not `overwrite`, else delete our files."""
+    for name in check_run_dir(out, overwrite):  # only our own files: --out . --overwrite deletes nothing else
         (out / name).unlink()
     out.mkdir(parents=True, exist_ok=True)

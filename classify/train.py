@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from classify.data import IGNORE_INDEX, NUM_CLASSES, Split, batches, num_batches, read_split
 from classify.model import NUM_CATEGORIES, OracleSpec, answer_dialogues, build_model
-from classify.run import clear_run_dir, save_checkpoint
+from classify.run import check_run_dir, clear_run_dir, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -127,19 +127,11 @@ class TrainResult:
 
 
 def train(config: TrainConfig, device: str | torch.device) -> TrainResult:
-    """Train one model and write its run directory; `device` is resolved by the caller."""
-    clear_run_dir(config.out, config.overwrite)
-    handler = logging.FileHandler(config.out / "train.log", encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-    logging.getLogger("classify").addHandler(handler)
-    try:
-        return _train(config, torch.device(device))
-    finally:
-        logging.getLogger("classify").removeHandler(handler)
-        handler.close()
+    """Train one model and write its run directory; `device` is resolved by the caller.
 
-
-def _train(config: TrainConfig, device: torch.device) -> TrainResult:
+    Inputs are checked before anything is written: a bad cache leaves no half-made run directory.
+    """
+    check_run_dir(config.out, config.overwrite)
     train_split = read_split(config.train, target_vision=config.target_vision)
     valid_split = read_split(config.valid, target_vision=config.target_vision)
     if valid_split.feature_size != train_split.feature_size:
@@ -147,6 +139,18 @@ def _train(config: TrainConfig, device: torch.device) -> TrainResult:
             f"{config.valid}: {valid_split.feature_size}-d features, but {config.train} has "
             f"{train_split.feature_size}-d; extract both with the same model"
         )
+    clear_run_dir(config.out, config.overwrite)
+    handler = logging.FileHandler(config.out / "train.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    logging.getLogger("classify").addHandler(handler)
+    try:
+        return _train(config, train_split, valid_split, torch.device(device))
+    finally:
+        logging.getLogger("classify").removeHandler(handler)
+        handler.close()
+
+
+def _train(config: TrainConfig, train_split: Split, valid_split: Split, device: torch.device) -> TrainResult:
     num_categories = max(NUM_CATEGORIES, int(train_split.target_category.max()) + 1)
     torch.manual_seed(config.seed)
     model = build_model(config.spec(train_split.feature_size, num_categories)).to(device)

@@ -38,9 +38,7 @@ def _invoke(*args: object):
 
 
 def _train(caches: dict[str, Path], out: Path, *extra: object):
-    return _invoke(
-        "train", "--train", caches["train"], "--valid", caches["valid"], "--out", out, *FAST, *extra
-    )
+    return _invoke("train", "--train", caches["train"], "--valid", caches["valid"], "--out", out, *FAST, *extra)
 
 
 def _one_line_error(result) -> str:
@@ -66,9 +64,7 @@ def test_train_both_models_and_evaluate_side_by_side(tmp_path, caches):
     assert [row["epoch"] for row in rows] == ["1", "2"]
     assert "epoch 2: train loss" in (run / "train.log").read_text()
     checkpoint = torch.load(run / "best.pt", weights_only=True)
-    assert (
-        checkpoint["spec"]["answer_feedback"] and checkpoint["feature_size"] == 32
-    )  # tiny LXMERT hidden size
+    assert checkpoint["spec"]["answer_feedback"] and checkpoint["feature_size"] == 32  # tiny LXMERT hidden size
     assert json.loads((run / "config.json").read_text())["spec"]["kind"] == "dialogue"
 
     subset = tmp_path / "subset.txt"
@@ -99,6 +95,7 @@ def test_train_both_models_and_evaluate_side_by_side(tmp_path, caches):
     report = json.loads((tmp_path / "turn" / "report.json").read_text())
     assert set(report["columns"]) == {"turn", "dialogue own", "dialogue gold"}
     assert report["questions"] == 39 and report["subset"]["questions"] == 6
+    assert report["game_statuses"] == "success" and "(games: success)" in result.output
     assert report["columns"]["dialogue own"]["subset"]["questions"] == 6
 
 
@@ -121,9 +118,7 @@ def test_predictions_scored_against_a_games_file(tmp_path):
     games = read_games(SAMPLE / "compguesswhat.test.jsonl.gz")
     turns = [turn for game in games for turn in game.turns]
     with open(tmp_path / "predictions.csv", "w") as handle:  # right except the first question
-        handle.write(
-            "qid,answer\n" + "".join(f"{t.qid},{'<yes>' if t.answer == 0 else 'No'}\n" for t in turns[:1])
-        )
+        handle.write("qid,answer\n" + "".join(f"{t.qid},{'<yes>' if t.answer == 0 else 'No'}\n" for t in turns[:1]))
         handle.write("".join(f"{t.qid},{['No', 'yes', 'N/A'][t.answer]}\n" for t in turns[1:]))
     games_file = SAMPLE / "compguesswhat.test.jsonl.gz"
     result = _invoke("evaluate", "--predictions", tmp_path / "predictions.csv", "--games", games_file)
@@ -150,7 +145,7 @@ def test_bad_caches_are_one_line_errors(tmp_path):
         qid = int(h5["qid"][4])
     line = _one_line_error(_train(caches, tmp_path / "nan"))
     assert "NaN/inf" in line and str(qid) in line and str(caches["train"]) in line
-    assert not (tmp_path / "nan" / "best.pt").exists()
+    assert not (tmp_path / "nan").exists()  # nothing half-written
 
     old = write_sample_cache(tmp_path / "old.h5", "valid", schema_version=0)
     line = _one_line_error(_train({"train": old, "valid": caches["valid"]}, tmp_path / "old"))
@@ -167,9 +162,7 @@ def test_same_seed_gives_identical_metrics(tmp_path):
     caches = {split: write_sample_cache(tmp_path / f"{split}.h5", split) for split in ("train", "valid")}
     metrics = {}
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):
-        assert (
-            _train(caches, tmp_path / name, "--seed", seed, "--epochs", "3", "--patience", "3").exit_code == 0
-        )
+        assert _train(caches, tmp_path / name, "--seed", seed, "--epochs", "3", "--patience", "3").exit_code == 0
         rows = list(csv.DictReader((tmp_path / name / "metrics.csv").open()))
         metrics[name] = [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
     assert len(metrics["a"]) == 3

@@ -40,9 +40,7 @@ def write_sample_cache(path: Path, split: str, seed: int = 0, features: int = FE
     return path
 
 
-def toy_split(
-    lengths: list[int], features: int = 8, seed: int = 0, answers: np.ndarray | None = None
-) -> Split:
+def toy_split(lengths: list[int], features: int = 8, seed: int = 0, answers: np.ndarray | None = None) -> Split:
     """Games of the given lengths with random features; by default Yes exactly when feature 0 is positive."""
     rng = np.random.default_rng(seed)
     rows = sum(lengths)

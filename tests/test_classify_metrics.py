@@ -33,9 +33,7 @@ PREDICTED = np.array([YES, YES, NO, YES, NO, NA, YES] + [NO] * 9 + [YES])
 
 
 def _accuracies(table: dict) -> dict:
-    return {
-        group: (cell["questions"], cell["accuracy"]) for group, cell in table.items() if cell["questions"]
-    }
+    return {group: (cell["questions"], cell["accuracy"]) for group, cell in table.items() if cell["questions"]}
 
 
 def test_overall_classes_and_confusion_by_hand():
@@ -48,9 +46,7 @@ def test_overall_classes_and_confusion_by_hand():
         [1, 0, 0],
     ]  # rows gold No/Yes/N/A, columns predicted
     no, yes, na = (scores["classes"][label] for label in ("No", "Yes", "N/A"))
-    assert (no["precision"], no["recall"], no["f1"], no["support"]) == pytest.approx(
-        (10 / 11, 10 / 13, 20 / 24, 13)
-    )
+    assert (no["precision"], no["recall"], no["f1"], no["support"]) == pytest.approx((10 / 11, 10 / 13, 20 / 24, 13))
     assert (yes["precision"], yes["recall"], yes["f1"], yes["support"]) == pytest.approx((0.5, 1.0, 2 / 3, 2))
     assert (na["precision"], na["recall"], na["f1"], na["support"]) == (0.0, 0.0, 0.0, 1)
     assert scores["macro_f1"] == pytest.approx((20 / 24 + 2 / 3 + 0) / 3)
@@ -93,9 +89,7 @@ def test_subset_keeps_the_context_of_the_whole_game():
 
 
 def test_report_text_shows_every_table_side_by_side():
-    text = format_report(
-        [("turn", score(QUESTIONS, PREDICTED)), ("dialogue", score(QUESTIONS, QUESTIONS.answer))]
-    )
+    text = format_report([("turn", score(QUESTIONS, PREDICTED)), ("dialogue", score(QUESTIONS, QUESTIONS.answer))])
     for title in (
         "Overall",
         "Per class",
