@@ -191,6 +191,20 @@ def _game_starts(source: str, game_id: np.ndarray, qid: np.ndarray) -> np.ndarra
     return starts
 
 
+def feature_stats(split: Split, target_vision: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and std of pooled (then target_vision) over all rows, in chunks (fp16 stays fp16)."""
+    arrays = [split.pooled] + ([split.target_vision] if target_vision else [])
+    total = np.zeros(sum(a.shape[1] for a in arrays))
+    squares = np.zeros_like(total)
+    for begin in range(0, len(split.qid), _CHECK_ROWS):
+        chunk = np.concatenate([a[begin : begin + _CHECK_ROWS] for a in arrays], axis=1).astype(np.float64)
+        total += chunk.sum(axis=0)
+        squares += (chunk**2).sum(axis=0)
+    mean = total / len(split.qid)
+    std = np.sqrt(np.maximum(squares / len(split.qid) - mean**2, 0.0))
+    return torch.from_numpy(mean).float(), torch.from_numpy(std).float()
+
+
 def previous_answers(split: Split) -> np.ndarray:
     """Per row: gold answer of the turn before; PREVIOUS_START at turn 0, PREVIOUS_UNKNOWN if not known."""
     previous = np.empty(len(split.qid), dtype=np.int64)

@@ -41,6 +41,7 @@ class OracleSpec:
     hidden: int = 256
     layers: int = 1
     dropout: float = 0.3
+    skip: bool = True  # dialogue model: the output layer also sees the current turn's inputs (an MLP head)
     num_categories: int = NUM_CATEGORIES
 
     @property
@@ -62,15 +63,26 @@ class TurnInputs(nn.Module):
         super().__init__()
         self.spec, self.feedback = spec, feedback
         self.category = nn.Embedding(spec.num_categories, CATEGORY_SIZE) if spec.target else None
-        self.size = spec.feature_size * (2 if spec.target_vision else 1)
+        features = spec.feature_size * (2 if spec.target_vision else 1)
+        # Per-dimension standardisation of the cached vectors, from the training split (see `standardize`):
+        # LXMERT's pooled output varies little around a large per-dimension offset, which plain inputs hide.
+        self.register_buffer("feature_mean", torch.zeros(features))
+        self.register_buffer("feature_std", torch.ones(features))
+        self.size = features
         self.size += (PREVIOUS_SIZE if feedback else 0) + ((CATEGORY_SIZE + 4) if spec.target else 0)
+
+    def standardize(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Set the feature statistics (of pooled, then target_vision, concatenated) from the training split."""
+        self.feature_mean.copy_(mean)
+        self.feature_std.copy_(std.clamp_min(1e-4))
 
     def forward(self, batch: Batch, turns: slice, previous: torch.Tensor | None = None) -> torch.Tensor:
         """Inputs of `turns` ([B, T', D]); `previous` [B, T'] overrides the batch's gold previous answers."""
-        parts = [batch.pooled[:, turns]]
-        steps = parts[0].shape[1]
+        features = [batch.pooled[:, turns]]
         if self.spec.target_vision:
-            parts.append(batch.target_vision[:, turns])
+            features.append(batch.target_vision[:, turns])
+        parts = [(torch.cat(features, dim=-1) - self.feature_mean) / self.feature_std]
+        steps = parts[0].shape[1]
         if self.feedback:
             codes = batch.previous[:, turns] if previous is None else previous
             # PREVIOUS_UNKNOWN is one-hot column 4, dropped: an unknown gold answer carries no information
@@ -83,7 +95,11 @@ class TurnInputs(nn.Module):
 
 
 class DialogueOracle(nn.Module):
-    """Unidirectional LSTM over the turns of each game → dropout → Linear → 3 logits per turn."""
+    """Unidirectional LSTM over the turns of each game → dropout → Linear → 3 logits per turn.
+
+    With `spec.skip` (the default) the output layer is a small MLP over [LSTM state; the turn's own inputs]: the
+    LSTM carries the dialogue, and the single-turn evidence reaches the output as directly as in `TurnOracle`.
+    """
 
     def __init__(self, spec: OracleSpec) -> None:
         super().__init__()
@@ -97,7 +113,19 @@ class DialogueOracle(nn.Module):
             dropout=spec.dropout if spec.layers > 1 else 0.0,
         )
         self.dropout = nn.Dropout(spec.dropout)
-        self.head = nn.Linear(spec.hidden, NUM_CLASSES)
+        if spec.skip:  # the current turn's inputs reach the output through a hidden layer, beside the LSTM state
+            self.head = nn.Sequential(
+                nn.Linear(spec.hidden + self.inputs.size, spec.hidden),
+                nn.ReLU(),
+                nn.Dropout(spec.dropout),
+                nn.Linear(spec.hidden, NUM_CLASSES),
+            )
+        else:
+            self.head = nn.Linear(spec.hidden, NUM_CLASSES)
+
+    def _logits(self, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """[..., K] LSTM outputs (and [..., D] inputs) → [..., 3]."""
+        return self.head(self.dropout(torch.cat([output, x], dim=-1) if self.spec.skip else output))
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Logits [B, T, 3] with gold previous answers (zeros at padding)."""
@@ -105,7 +133,7 @@ class DialogueOracle(nn.Module):
         packed = pack_padded_sequence(x, batch.lengths, batch_first=True, enforce_sorted=False)
         output, _ = self.lstm(packed)
         output, _ = pad_packed_sequence(output, batch_first=True, total_length=x.shape[1])  # [B, T, K]
-        return self.head(self.dropout(output))
+        return self._logits(output, x)
 
     def step(
         self, batch: Batch, turn: int, previous: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None
@@ -113,7 +141,7 @@ class DialogueOracle(nn.Module):
         """One turn for every game: logits [B, 3] and the new LSTM state; `previous` [B] answer codes."""
         x = self.inputs(batch, slice(turn, turn + 1), previous[:, None])  # [B, 1, D]
         output, state = self.lstm(x, state)
-        return self.head(self.dropout(output[:, 0])), state
+        return self._logits(output[:, 0], x[:, 0]), state
 
 
 class TurnOracle(nn.Module):

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from classify.data import IGNORE_INDEX, NUM_CLASSES, Split, batches, num_batches, read_split
+from classify.data import IGNORE_INDEX, NUM_CLASSES, Split, batches, feature_stats, num_batches, read_split
 from classify.model import NUM_CATEGORIES, OracleSpec, answer_dialogues, build_model
 from classify.run import check_run_dir, clear_run_dir, save_checkpoint
 
@@ -114,6 +114,7 @@ class TrainConfig:
             hidden=self.hidden,
             layers=self.layers,
             dropout=self.dropout,
+            skip=self.preset != "seed",  # the prior system's LSTM fed a single Linear layer
             num_categories=num_categories,
         )
 
@@ -153,7 +154,9 @@ def train(config: TrainConfig, device: str | torch.device) -> TrainResult:
 def _train(config: TrainConfig, train_split: Split, valid_split: Split, device: torch.device) -> TrainResult:
     num_categories = max(NUM_CATEGORIES, int(train_split.target_category.max()) + 1)
     torch.manual_seed(config.seed)
-    model = build_model(config.spec(train_split.feature_size, num_categories)).to(device)
+    model = build_model(config.spec(train_split.feature_size, num_categories))
+    model.inputs.standardize(*feature_stats(train_split, model.spec.target_vision))
+    model = model.to(device)
     _write_config(config, model, train_split, valid_split, device)
     log.info(
         "%s model, %d parameters; train %d games / %d questions, valid %d games / %d questions",
