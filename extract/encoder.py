@@ -288,6 +288,9 @@ def save_random_lxmert(
         r_layers=layers,
         visual_feat_dim=feature_size,
         visual_pos_dim=4,
+        # BERT's 0.02 leaves a random model's [CLS] (and so the pooled output) almost the same for every input,
+        # and fine-tuning from there barely moves; 0.1 gives the pooled output a usable spread.
+        initializer_range=0.1,
     )
     LxmertModel(config).save_pretrained(directory)
     return directory

@@ -105,7 +105,9 @@ class SingleTurnOracle(nn.Module):
             self.head = nn.Sequential(
                 nn.Linear(hidden, hidden), nn.GELU(), nn.LayerNorm(hidden), nn.Linear(hidden, len(LABELS))
             )
-        self.marker = nn.Parameter(torch.zeros(lxmert.config.visual_feat_dim)) if marker == "offset" else None
+        # Random, not zero: a zero marker leaves the target slot identical to its source region, and the two
+        # get symmetric gradients that barely tell them apart.
+        self.marker = nn.Parameter(torch.randn(lxmert.config.visual_feat_dim)) if marker == "offset" else None
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         pooled, _ = lxmert_forward(self.lxmert, batch, self.marker)
