@@ -35,7 +35,7 @@ from extract.encoder import (
     lxmert_forward,
 )
 from extract.games import LABELS, UNKNOWN, Game, parse_statuses, read_games
-from extract.job import DEFAULT_MODEL, Precision
+from extract.job import DEFAULT_MODEL, Precision, option
 from extract.regions import RegionStore
 
 log = logging.getLogger(__name__)
@@ -44,42 +44,38 @@ CHECKPOINT = "checkpoint.pt"
 METRICS = "finetune_metrics.csv"
 
 
-def _opt(default: object, help: str) -> object:
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass(frozen=True)
 class FinetuneConfig:
     """Options of `pipeline finetune`."""
 
     valid: Path = field(metadata={"help": "Validation games; the best epoch on them is kept."})
     regions: Path = field(metadata={"help": "Region store (.h5)."})
-    out: Path | None = _opt(None, "Oracle directory to write (load it with `pipeline extract --model`).")
-    train: Path | None = _opt(None, "Training games (.jsonl[.gz]); not needed with --eval-only.")
-    model: str = _opt(DEFAULT_MODEL, "LXMERT to start from: hub id or directory.")
-    target_features: Path | None = _opt(None, "Per-object target features (.h5); default: nearest region by IoU.")
-    head: Literal["linear", "mlp"] = _opt("mlp", "3-way head on the pooled output.")
-    marker: Literal["none", "offset"] = _opt(
+    out: Path | None = option(None, "Oracle directory to write (load it with `pipeline extract --model`).")
+    train: Path | None = option(None, "Training games (.jsonl[.gz]); not needed with --eval-only.")
+    model: str = option(DEFAULT_MODEL, "LXMERT to start from: hub id or directory.")
+    target_features: Path | None = option(None, "Per-object target features (.h5); default: nearest region by IoU.")
+    head: Literal["linear", "mlp"] = option("mlp", "3-way head on the pooled output.")
+    marker: Literal["none", "offset"] = option(
         "offset",
         "offset: a learned vector added to the target slot's features, so the model can tell it from the detector's.",
     )
-    status: str = _opt("success", "Games to use: 'all' or a comma list of statuses.")
-    epochs: int = _opt(15, "Passes over the training questions.")
-    lr: float = _opt(1e-5, "Peak learning rate (AdamW), after linear warm-up.")
-    warmup: float = _opt(0.1, "Fraction of the steps spent warming up; then linear decay to 0.")
-    weight_decay: float = _opt(0.01, "AdamW weight decay.")
-    batch_size: int = _opt(32, "Questions per optimizer step (per process), before accumulation.")
-    accumulate: int = _opt(1, "Gradient accumulation steps per optimizer step.")
-    clip: float = _opt(1.0, "Gradient clipping (max norm).")
-    max_length: int = _opt(32, "Question tokens kept, [CLS] and [SEP] included.")
-    save_every: int = _opt(200, "Optimizer steps between resumable checkpoints (and one at every epoch end).")
-    workers: int = _opt(0, "DataLoader worker processes building region inputs.")
-    seed: int = _opt(0, "Seed for the head, marker, data order and dropout.")
-    precision: Precision = _opt("auto", "auto = bf16 autocast on CUDA, fp32 on CPU.")
-    device: str = _opt("auto", "auto, cpu, cuda or cuda:N.")
-    eval_only: bool = _opt(False, "Only report --model's accuracy on --valid (the model must be an oracle dir).")
-    overwrite: bool = _opt(False, "Replace an existing output directory.")
-    resume: bool = _opt(False, "Continue from OUT/checkpoint.pt (optimizer, scheduler, RNG, epoch and step).")
+    status: str = option("success", "Games to use: 'all' or a comma list of statuses.")
+    epochs: int = option(15, "Passes over the training questions.")
+    lr: float = option(1e-5, "Peak learning rate (AdamW), after linear warm-up.")
+    warmup: float = option(0.1, "Fraction of the steps spent warming up; then linear decay to 0.")
+    weight_decay: float = option(0.01, "AdamW weight decay.")
+    batch_size: int = option(32, "Questions per optimizer step (per process), before accumulation.")
+    accumulate: int = option(1, "Gradient accumulation steps per optimizer step.")
+    clip: float = option(1.0, "Gradient clipping (max norm).")
+    max_length: int = option(32, "Question tokens kept, [CLS] and [SEP] included.")
+    save_every: int = option(200, "Optimizer steps between resumable checkpoints (and one at every epoch end).")
+    workers: int = option(0, "DataLoader worker processes building region inputs.")
+    seed: int = option(0, "Seed for the head, marker, data order and dropout.")
+    precision: Precision = option("auto", "auto = bf16 autocast on CUDA, fp32 on CPU.")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N.")
+    eval_only: bool = option(False, "Only report --model's accuracy on --valid (the model must be an oracle dir).")
+    overwrite: bool = option(False, "Replace an existing output directory.")
+    resume: bool = option(False, "Continue from OUT/checkpoint.pt (optimizer, scheduler, RNG, epoch and step).")
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "accumulate", "max_length", "save_every"):

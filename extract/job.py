@@ -34,7 +34,8 @@ DEFAULT_MODEL = "unc-nlp/lxmert-base-uncased"
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
-def _opt(default: object, help: str) -> object:
+def option(default: object, help: str) -> object:
+    """A config field with a default and the help text `pipeline` shows for it."""
     return field(default=default, metadata={"help": help})
 
 
@@ -45,20 +46,20 @@ class ExtractConfig:
     games: Path = field(metadata={"help": "Games file (.jsonl or .jsonl.gz, GuessWhat v1 or v2 layout)."})
     regions: Path = field(metadata={"help": "Region store (.h5) made by `pipeline regions import-tsv`."})
     out: Path = field(metadata={"help": "Output cache file, e.g. cache/valid.h5."})
-    model: str = _opt(DEFAULT_MODEL, "LXMERT hub id or directory (e.g. one written by `pipeline finetune`).")
-    target_features: Path | None = _opt(
+    model: str = option(DEFAULT_MODEL, "LXMERT hub id or directory (e.g. one written by `pipeline finetune`).")
+    target_features: Path | None = option(
         None,
         "Per-object target features (.h5 keyed by object id); default: "
         "features of the region with the highest IoU with the target box.",
     )
-    status: str = _opt("success", "Games to keep: 'all' or a comma list of success,failure,incomplete.")
-    batch_size: int = _opt(64, "Questions per forward pass.")
-    chunk_size: int = _opt(2048, "Questions per saved chunk (the unit of resume).")
-    precision: Precision = _opt("auto", "auto = bf16 autocast on CUDA (fp16 if bf16 is unsupported), fp32 on CPU.")
-    device: str = _opt("auto", "auto, cpu, cuda or cuda:N.")
-    overwrite: bool = _opt(False, "Replace an existing output file.")
-    resume: bool = _opt(False, "Continue a killed run from its finished chunks.")
-    skip_missing: bool = _opt(False, "Skip games whose image is not in the region store (counted in the summary).")
+    status: str = option("success", "Games to keep: 'all' or a comma list of success,failure,incomplete.")
+    batch_size: int = option(64, "Questions per forward pass.")
+    chunk_size: int = option(2048, "Questions per saved chunk (the unit of resume).")
+    precision: Precision = option("auto", "auto = bf16 autocast on CUDA (fp16 if bf16 is unsupported), fp32 on CPU.")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N.")
+    overwrite: bool = option(False, "Replace an existing output file.")
+    resume: bool = option(False, "Continue a killed run from its finished chunks.")
+    skip_missing: bool = option(False, "Skip games whose image is not in the region store (counted in the summary).")
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -12,6 +15,7 @@ from extract.encoder import question_words, save_random_lxmert
 from extract.games import Game, read_games
 from extract.regions import write_image
 
+REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 SAMPLE = SHARED / "refdata" / "guesswhat" / "compguesswhat_sample"
 FEATURE_SIZE = 16
@@ -60,3 +64,21 @@ def write_region_store(path: Path, games: list[Game], feature_size: int = FEATUR
 def sample_regions(tmp_path_factory: pytest.TempPathFactory, sample_games: dict[str, list[Game]]) -> Path:
     games = [g for split in sample_games.values() for g in split]
     return write_region_store(tmp_path_factory.mktemp("regions") / "regions.h5", games)
+
+
+def torchrun_pipeline(*args: object, processes: int = 2) -> None:
+    """Run `torchrun --standalone --nproc_per_node N -m pipeline ARGS` on the CPU (gloo); fail with its stderr."""
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(processes),
+        "-m",
+        "pipeline",
+        *map(str, args),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes share two cores
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,9 +19,7 @@ from extract.encoder import Encoder, Example, inject_target
 from extract.games import read_games
 from extract.regions import RegionStore
 from pipeline import main
-from tests.conftest import sample_path
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO, sample_path, torchrun_pipeline
 
 
 def run_cli(*args: object) -> object:
@@ -158,21 +155,7 @@ def test_torchrun_two_cpu_processes_match_one(tmp_path: Path, tiny_lxmert: Path,
     single, sharded = tmp_path / "single.h5", tmp_path / "sharded.h5"
     common = ["--chunk-size", "7", "--batch-size", "4"]
     assert run_cli(*extract_args(games, sample_regions, tiny_lxmert, single), *common).exit_code == 0
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "pipeline",
-        *map(str, extract_args(games, sample_regions, tiny_lxmert, sharded)),
-        *common,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    torchrun_pipeline(*extract_args(games, sample_regions, tiny_lxmert, sharded), *common)
     a, b = read_rows(single), read_rows(sharded)
     assert a.qid.tolist() == b.qid.tolist() and a.question == b.question
     np.testing.assert_allclose(a.pooled.astype(np.float32), b.pooled.astype(np.float32), atol=1e-5)

@@ -19,9 +19,8 @@ from extract.encoder import Encoder, Example, OracleSettings, inject_target
 from extract.games import read_games
 from extract.regions import RegionStore, write_image
 from pipeline import main
-from tests.conftest import save_tiny_lxmert
+from tests.conftest import REPO, save_tiny_lxmert, torchrun_pipeline
 
-REPO = Path(__file__).resolve().parents[1]
 QUESTIONS = ("is it bright ?", "is it the bright one ?")
 
 
@@ -190,26 +189,7 @@ def test_killed_finetune_resumes_to_the_same_weights(world: dict[str, Path], tmp
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes_train_and_save(world: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "ddp"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "pipeline",
-        *finetune_args(world, out, "--epochs", "2"),
-    ]
-    result = subprocess.run(
-        command,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    torchrun_pipeline(*finetune_args(world, out, "--epochs", "2"))
     lines = (out / "finetune_metrics.csv").read_text().splitlines()
     assert len(lines) == 3 and float(lines[2].split(",")[1]) < float(lines[1].split(",")[1])  # loss goes down
     assert Encoder.load(str(out)).marker is not None
