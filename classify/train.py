@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from classify.data import IGNORE_INDEX, NUM_CLASSES, Split, batches, feature_stats, num_batches, read_split
 from classify.model import NUM_CATEGORIES, OracleSpec, answer_dialogues, build_model
-from classify.run import check_run_dir, clear_run_dir, save_checkpoint
+from classify.run import check_run_dir, clear_run_dir, load_model, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,14 @@ class TrainConfig:
     target: bool = field(default=True, metadata={"help": "Add the target's category embedding and box."})
     hidden: int = field(default=256, metadata={"help": "LSTM / MLP hidden size."})
     layers: int = field(default=1, metadata={"help": "LSTM layers (dialogue model)."})
-    dropout: float = field(default=0.3, metadata={"help": "Dropout before the output layer."})
+    base: Path | None = field(
+        default=None,
+        metadata={
+            "help": "A trained `--model turn` run (same caches and options): the dialogue model starts from it, "
+            "frozen, and its LSTM learns only what the dialogue adds."
+        },
+    )
+    dropout: float = field(default=0.5, metadata={"help": "Dropout on the LSTM inputs and outputs and in the MLPs."})
     epochs: int = field(default=20, metadata={"help": "Maximum number of epochs."})
     patience: int = field(default=3, metadata={"help": "Stop after this many epochs without a better valid score."})
     batch_size: int = field(default=64, metadata={"help": "Games per batch."})
@@ -94,6 +101,8 @@ class TrainConfig:
                 raise ValueError("--preset seed is the prior dialogue LSTM; drop --model turn")
             for name, value in SEED_PRESET.items():
                 object.__setattr__(self, name, value)
+        if self.base is not None and (self.model != "dialogue" or self.preset == "seed"):
+            raise ValueError("--base is for the dialogue model (not --model turn or --preset seed)")
         if self.model == "turn":  # the single-turn baseline sees nothing from other turns
             object.__setattr__(self, "answer_feedback", False)
         for name in ("hidden", "layers", "epochs", "patience", "batch_size"):
@@ -140,34 +149,49 @@ def train(config: TrainConfig, device: str | torch.device) -> TrainResult:
             f"{config.valid}: {valid_split.feature_size}-d features, but {config.train} has "
             f"{train_split.feature_size}-d; extract both with the same model"
         )
+    model = _build(config, train_split)
     clear_run_dir(config.out, config.overwrite)
     handler = logging.FileHandler(config.out / "train.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     logging.getLogger("classify").addHandler(handler)
     try:
-        return _train(config, train_split, valid_split, torch.device(device))
+        return _train(config, model.to(device), train_split, valid_split, torch.device(device))
     finally:
         logging.getLogger("classify").removeHandler(handler)
         handler.close()
 
 
-def _train(config: TrainConfig, train_split: Split, valid_split: Split, device: torch.device) -> TrainResult:
+def _build(config: TrainConfig, train_split: Split) -> nn.Module:
+    """The initialised model: seeded, inputs standardised with the training split, `--base` loaded and frozen."""
     num_categories = max(NUM_CATEGORIES, int(train_split.target_category.max()) + 1)
     torch.manual_seed(config.seed)
     model = build_model(config.spec(train_split.feature_size, num_categories))
     model.inputs.standardize(*feature_stats(train_split, model.spec.target_vision))
-    model = model.to(device)
+    if config.base is not None:
+        base, _ = load_model(config.base)
+        try:
+            model.start_from(base)
+        except ValueError as error:
+            raise ValueError(f"--base {config.base}: {error}") from None
+    return model
+
+
+def _train(
+    config: TrainConfig, model: nn.Module, train_split: Split, valid_split: Split, device: torch.device
+) -> TrainResult:
     _write_config(config, model, train_split, valid_split, device)
     log.info(
-        "%s model, %d parameters; train %d games / %d questions, valid %d games / %d questions",
+        "%s model, %d parameters (%d trained); train %d games / %d questions, valid %d games / %d questions",
         config.model,
         sum(p.numel() for p in model.parameters()),
+        sum(p.numel() for p in model.parameters() if p.requires_grad),
         train_split.num_games,
         len(train_split.qid),
         valid_split.num_games,
         len(valid_split.qid),
     )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # not a frozen --base
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     rng = np.random.default_rng(config.seed)
     best_accuracy, best_epoch, epoch = -1.0, 0, 0
     with open(config.out / "metrics.csv", "w", newline="", encoding="utf-8") as handle:

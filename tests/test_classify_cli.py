@@ -170,3 +170,21 @@ def test_same_seed_gives_identical_metrics(tmp_path):
     assert metrics["a"] != metrics["c"]
     weights = [torch.load(tmp_path / name / "last.pt", weights_only=True)["state_dict"] for name in "ab"]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_dialogue_model_built_on_a_frozen_turn_run(tmp_path):
+    caches = {split: write_sample_cache(tmp_path / f"{split}.h5", split) for split in ("train", "valid")}
+    assert _train(caches, tmp_path / "turn", "--model", "turn").exit_code == 0
+    result = _train(caches, tmp_path / "dialogue", "--base", tmp_path / "turn", "--epochs", "3")
+    assert result.exit_code == 0, result.output
+    base = torch.load(tmp_path / "turn" / "best.pt", weights_only=True)["state_dict"]
+    last = torch.load(tmp_path / "dialogue" / "last.pt", weights_only=True)["state_dict"]
+    for name, value in base.items():  # the baseline's MLP, embedding and input statistics, unchanged
+        assert torch.equal(last[name.replace("mlp.", "turn.")], value), name
+    rows = list(csv.DictReader((tmp_path / "dialogue" / "metrics.csv").open()))
+    assert len({row["valid_loss"] for row in rows}) == 3  # while the LSTM trains
+
+    line = _one_line_error(_train(caches, tmp_path / "wide", "--base", tmp_path / "turn", "--hidden", "8"))
+    assert "--base" in line and "hidden 16 vs 8" in line and not (tmp_path / "wide").exists()
+    line = _one_line_error(_train(caches, tmp_path / "t2", "--base", tmp_path / "turn", "--model", "turn"))
+    assert "--base is for the dialogue model" in line
