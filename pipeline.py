@@ -9,6 +9,8 @@ defaults and help), so `--help` and the code cannot drift. Logging, device and s
 from __future__ import annotations
 
 import dataclasses
+import gzip
+import json
 import logging
 import sys
 import types
@@ -21,7 +23,7 @@ from classify.evaluate import EvaluateConfig
 from classify.predict import PredictConfig
 from classify.train import TrainConfig
 from extract.finetune import FinetuneConfig
-from extract.job import ExtractConfig
+from extract.job import ExtractConfig, option
 from extract.regions import ImportTsvConfig, import_tsv
 
 log = logging.getLogger("pipeline")
@@ -56,8 +58,12 @@ def _option(field: dataclasses.Field, hint: object) -> typing.Callable:
         kwargs["default"] = default
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if field.metadata.get("argument"):  # positional, e.g. `import-tsv A.tsv B.tsv`
-        return click.argument(field.name, nargs=-1 if origin is tuple else 1, required=required,
-                              type=_click_type(args[0] if origin is tuple else hint))  # fmt: skip
+        return click.argument(
+            field.name,
+            nargs=-1 if origin is tuple else 1,
+            required=required,
+            type=_click_type(args[0] if origin is tuple else hint),
+        )
     if origin in (typing.Union, types.UnionType):  # `X | None`
         hint = next(a for a in args if a is not type(None))
         origin, args = typing.get_origin(hint), typing.get_args(hint)
@@ -271,15 +277,29 @@ def _check_pair(oracle: str, encoder: object, checkpoint: dict, run: Path) -> No
 @config_options(PredictConfig)
 def predict(**values: object) -> None:
     """Answer every question of new games: LXMERT in memory, then the dialogue model on its own answers."""
+    from classify.predict import accuracy
+
+    config = build(PredictConfig, values)
+    records = run_predict(config)
+    if records is not None:
+        score = accuracy(records)
+        games = len({r["game_id"] for r in records})
+        summary = f"{games} games, {len(records)} questions answered"
+        click.echo(
+            summary + (f"; accuracy {score:.4f} against the file's answers" if score is not None else ""), err=True
+        )
+
+
+def run_predict(config: PredictConfig) -> list[dict] | None:
+    """Encode the games with the oracle, answer them with the run, write the predictions; None in live mode."""
     from classify.data import make_split
-    from classify.predict import accuracy, predict_split, prediction_records, write_predictions
+    from classify.predict import predict_split, prediction_records, write_predictions
     from classify.run import load_model
     from extract.cache import columns, write_cache
     from extract.encoder import Encoder, TargetFeatures
     from extract.job import check_images, encode_games
     from extract.regions import RegionStore
 
-    config = build(PredictConfig, values)
     device = resolve_device(config.device)
     model, checkpoint = load_model(config.run, device)
     encoder = Encoder.load(config.oracle, device=device, precision=config.precision)
@@ -293,18 +313,15 @@ def predict(**values: object) -> None:
         raise ValueError(f"{config.games}: no games with questions to answer")
     pooled, vision = encode_games(encoder, games, store, targets, config.batch_size)
     if config.cache:
-        write_cache(
-            config.cache, games, pooled, vision, {**encoder.describe(config.oracle), "source_games": str(config.games)}
-        )
+        attrs = {**encoder.describe(config.oracle), "source_games": str(config.games)}
+        write_cache(config.cache, games, pooled, vision, attrs)
     cols = columns(games)
     question = cols.pop("question")
     cols.pop("image")
     split = make_split(str(config.games), pooled=pooled, target_vision=vision, **cols)
     records = prediction_records(split, predict_split(model, split, config.batch_size, device), question)
     write_predictions(records, config.out)
-    score = accuracy(records)
-    summary = f"{len(games)} games, {len(records)} questions answered"
-    click.echo(summary + (f"; accuracy {score:.4f} against the file's answers" if score is not None else ""), err=True)
+    return records
 
 
 def _interactive(
@@ -341,6 +358,190 @@ def _interactive(
         if not line or line.strip().lower() in ("", "quit", "exit"):
             break
         answer(line.strip())
+
+
+# ---------------------------------------------------------------- the built-in demo
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoConfig:
+    """Options of `pipeline demo`."""
+
+    out: Path = option(Path("demo"), "Folder for everything the demo makes.")
+    seed: int = option(0, "Seed of the world and of every training run.")
+    train_games: int = option(6000, "Games in the synthetic train split.")
+    test_games: int = option(500, "Games in each of valid and test.")
+    finetune_epochs: int = option(1, "Epochs of LXMERT fine-tuning.")
+    train_epochs: int = option(60, "Most epochs of stage-two training.")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N.")
+    overwrite: bool = option(False, "Start again instead of resuming.")
+
+    def __post_init__(self) -> None:
+        for name in ("train_games", "test_games", "finetune_epochs", "train_epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be ≥ 1")
+
+
+DEMO_OUTPUTS = (
+    "world",
+    "lxmert",
+    "oracle",
+    "cache",
+    "runs",
+    "progress.json",
+    "one_game.jsonl",
+    "predictions.jsonl",
+    "summary.json",
+)
+
+
+class _Steps:
+    """The demo's finished steps, kept in OUT/progress.json: an interrupted demo resumes after the last one."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / "progress.json"
+        self.done = set(json.loads(self.path.read_text())) if self.path.is_file() else set()
+
+    def run(self, title: str, work: typing.Callable[[], object]) -> None:
+        if title in self.done:
+            click.echo(f"\n== {title} (done before, skipped)", err=True)
+            return
+        click.echo(f"\n== {title}", err=True)
+        work()
+        self.done.add(title)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(sorted(self.done)))
+
+
+@main.command()
+@config_options(DemoConfig)
+def demo(**values: object) -> None:
+    """The whole pipeline on a built-in synthetic GuessWhat world: no downloads, a few minutes on a CPU."""
+    import shutil
+
+    config = build(DemoConfig, values)
+    if config.overwrite:  # only what the demo writes: --out . must not delete anything else
+        for name in DEMO_OUTPUTS:
+            path = config.out / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    summary = run_demo(config, resolve_device(config.device))
+    click.echo(summary)
+
+
+def run_demo(config: DemoConfig, device: str) -> str:
+    """World → tiny LXMERT → fine-tune → extract → train both stage-two models → evaluate → predict one game."""
+    from classify.evaluate import EvaluateConfig, evaluate
+    from classify.train import TrainConfig
+    from classify.train import train as train_oracle
+    from extract.encoder import question_words, save_random_lxmert
+    from extract.finetune import run_finetune
+    from extract.games import read_games
+    from extract.job import run_extract
+    from extract.world import WorldConfig, generate_world
+
+    out, world, steps = config.out, config.out / "world", _Steps(config.out)
+    splits = {name: world / f"{name}.jsonl.gz" for name in ("train", "valid", "test")}
+    regions, lxmert, oracle = world / "regions.h5", out / "lxmert", out / "oracle"
+    caches = {name: out / "cache" / f"{name}.h5" for name in splits}
+    runs = {kind: out / "runs" / kind for kind in ("turn", "dialogue")}
+    sizes = {"train_games": config.train_games, "valid_games": config.test_games, "test_games": config.test_games}
+    world_config = WorldConfig(seed=config.seed, **sizes)
+    steps.run("1/7 synthetic world", lambda: generate_world(world, world_config))
+
+    def tiny_lxmert() -> None:
+        questions = [t.question for path in splits.values() for g in read_games(path) for t in g.turns]
+        words = question_words(questions)
+        save_random_lxmert(lxmert, words, world_config.feature_size, hidden_size=64, seed=config.seed)
+
+    steps.run("2/7 tiny random LXMERT (hidden 64, 1/1/1 layers)", tiny_lxmert)
+    finetune = FinetuneConfig(
+        train=splits["train"],
+        valid=splits["valid"],
+        regions=regions,
+        out=oracle,
+        model=str(lxmert),
+        epochs=config.finetune_epochs,
+        lr=5e-4,
+        batch_size=64,
+        seed=config.seed,
+        device=device,
+        overwrite=True,
+    )
+    steps.run("3/7 fine-tune it as the single-turn oracle", lambda: run_finetune(finetune, device))
+
+    def extract_all() -> None:
+        for name, path in splits.items():
+            settings = {"regions": regions, "model": str(oracle), "overwrite": True, "device": device}
+            run_extract(ExtractConfig(games=path, out=caches[name], **settings), device)
+
+    steps.run("4/7 extract the oracle caches", extract_all)
+    for kind, run in runs.items():
+        train = TrainConfig(
+            train=caches["train"],
+            valid=caches["valid"],
+            out=run,
+            model=kind,
+            base=runs["turn"] if kind == "dialogue" else None,  # the LSTM learns what the dialogue adds
+            lr=3e-3,
+            patience=10,
+            epochs=config.train_epochs,
+            seed=config.seed,
+            overwrite=True,
+        )
+        steps.run(f"5/7 train the {kind} model", lambda train=train: train_oracle(train, device))
+    click.echo("\n== 6/7 evaluate both on test", err=True)
+    _, tables = evaluate(EvaluateConfig(run=tuple(runs.values()), cache=caches["test"]), device)
+    click.echo(tables)
+    click.echo("\n== 7/7 answer one test game with `pipeline predict`", err=True)
+    first_game = out / "one_game.jsonl"
+    first_game.write_text(gzip.open(splits["test"], "rt").readline())
+    records = run_predict(
+        PredictConfig(
+            oracle=str(oracle),
+            run=runs["dialogue"],
+            regions=regions,
+            games=first_game,
+            out=out / "predictions.jsonl",
+            device=device,
+        )
+    )
+    for record in records:
+        click.echo(json.dumps(record))
+    return _demo_summary(caches["test"], runs, out, device)
+
+
+def _demo_summary(cache: Path, runs: dict[str, Path], out: Path, device: str) -> str:
+    """Accuracy by the world's own question types (with the history-dependent one), both models side by side."""
+    import numpy as np
+
+    from classify.data import read_split
+    from classify.evaluate import answer_split
+    from classify.run import load_model
+    from extract.world import QUESTION_TYPES, question_type
+
+    split = read_split(cache, questions=True)
+    types = np.array([question_type(q) for q in split.question])
+    groups = {
+        "all": np.ones(len(types), bool),
+        **{t: types == t for t in QUESTION_TYPES},
+        "all but history": types != "history",
+    }
+    scores = {}
+    for kind, run in runs.items():
+        model, _ = load_model(run, device)
+        right = answer_split(model, split, 256, device, "own").argmax(axis=1) == split.answer
+        scores[kind] = {name: float(right[mask].mean()) for name, mask in groups.items()}
+    (out / "summary.json").write_text(
+        json.dumps({"questions": {k: int(m.sum()) for k, m in groups.items()}, "accuracy": scores}, indent=2) + "\n"
+    )
+    lines = [
+        f"\nDemo summary: test accuracy (%) by question type, own answers fed back ({out / 'summary.json'})",
+        f"{'type':<16}{'n':>6}{'single-turn':>13}{'dialogue':>10}{'gain':>8}",
+    ]
+    for name, mask in groups.items():
+        turn, dialogue = 100 * scores["turn"][name], 100 * scores["dialogue"][name]
+        lines.append(f"{name:<16}{int(mask.sum()):>6}{turn:>13.1f}{dialogue:>10.1f}{dialogue - turn:>+8.1f}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
