@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from test_classify_helpers import SAMPLE, write_sample_cache
+from test_classify_helpers import write_sample_cache
 
 from pipeline import main
+from tests.conftest import sample_path
 
 FAST = ["--epochs", "2", "--hidden", "16", "--device", "cpu"]
 
@@ -25,7 +26,7 @@ def caches(tmp_path_factory, tiny_lxmert, sample_regions) -> dict[str, Path]:
     caches = {}
     for split in ("train", "valid", "test"):
         out = directory / f"{split}.h5"
-        games = SAMPLE / f"compguesswhat.{split}.jsonl.gz"
+        games = sample_path(split)
         result = _invoke("extract", "--games", games, "--regions", sample_regions, "--model", tiny_lxmert,
                          "--out", out, "--device", "cpu")  # fmt: skip
         assert result.exit_code == 0, result.output
@@ -115,12 +116,12 @@ def test_seed_preset_trains_the_prior_configuration(tmp_path):
 def test_predictions_scored_against_a_games_file(tmp_path):
     from extract.games import read_games
 
-    games = read_games(SAMPLE / "compguesswhat.test.jsonl.gz")
+    games_file = sample_path("test")
+    games = read_games(games_file)
     turns = [turn for game in games for turn in game.turns]
     with open(tmp_path / "predictions.csv", "w") as handle:  # right except the first question
         handle.write("qid,answer\n" + "".join(f"{t.qid},{'<yes>' if t.answer == 0 else 'No'}\n" for t in turns[:1]))
         handle.write("".join(f"{t.qid},{['No', 'yes', 'N/A'][t.answer]}\n" for t in turns[1:]))
-    games_file = SAMPLE / "compguesswhat.test.jsonl.gz"
     result = _invoke("evaluate", "--predictions", tmp_path / "predictions.csv", "--games", games_file)
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "predictions.csv.report.json").read_text())

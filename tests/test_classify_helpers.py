@@ -9,11 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from classify.data import Split, make_split
+from tests.conftest import sample_path
 
-SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "refdata" / "guesswhat" / "compguesswhat_sample"
 FEATURES = 16
 
 
@@ -21,10 +20,7 @@ def sample_games(split: str) -> list:
     """The real sample games (v1, successful) of one split; skip when ../shared is not there."""
     from extract.games import read_games
 
-    path = SAMPLE / f"compguesswhat.{split}.jsonl.gz"
-    if not path.is_file():
-        pytest.skip(f"sample games not found at {path}")
-    return read_games(path)
+    return read_games(sample_path(split))
 
 
 def write_sample_cache(path: Path, split: str, seed: int = 0, features: int = FEATURES, **attrs) -> Path:
