@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import math
 import zlib
 from collections import Counter
 from collections.abc import Iterable
@@ -92,17 +93,14 @@ def read_games(path: Path, statuses: set[str] | None = frozenset({"success"}), k
     """Read a games file (.jsonl, .jsonl.gz or one JSON object); keep games whose status is in `statuses`.
 
     Games without questions are skipped (and counted) unless `keep_empty` (a game to play live)."""
-    try:
-        text = _read_text(path)
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as error:
-        raise GameFileError(f"{path}: cannot read games file ({error}); is it truncated or not gzip/utf-8?") from error
-    stripped = text.lstrip()
-    if stripped.startswith("{") and "\n" in stripped.rstrip():
+    lines = _read_lines(path)
+    text = "".join(lines).lstrip()
+    if text.startswith("{") and "\n" in text.rstrip():
         try:  # a single game written as one (pretty-printed) JSON object
             return parse_games([(1, json.loads(text))], str(path), statuses, keep_empty)
         except json.JSONDecodeError:
             pass  # JSON lines after all
-    return parse_games(_json_lines(text.splitlines(), str(path)), str(path), statuses, keep_empty)
+    return parse_games(_json_lines(lines, str(path)), str(path), statuses, keep_empty)
 
 
 def read_games_lines(lines: Iterable[str], source: str, statuses: set[str] | None = None) -> list[Game]:
@@ -110,13 +108,21 @@ def read_games_lines(lines: Iterable[str], source: str, statuses: set[str] | Non
     return parse_games(_json_lines(lines, source), source, statuses)
 
 
-def _read_text(path: Path) -> str:
-    with open(path, "rb") as handle:
-        magic = handle.read(2)
-    if magic == b"\x1f\x8b":
-        with gzip.open(path, "rt", encoding="utf-8") as handle:
-            return handle.read()
-    return path.read_text(encoding="utf-8")
+def _read_lines(path: Path) -> list[str]:
+    """The file's lines (gzip or plain; split on \\n only, so U+2028 inside a question stays in its line)."""
+    lines: list[str] = []
+    try:
+        with open(path, "rb") as handle:
+            gzipped = handle.read(2) == b"\x1f\x8b"
+        opener = gzip.open if gzipped else open
+        with opener(path, "rt", encoding="utf-8", newline="\n") as handle:
+            lines.extend(handle)
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as error:
+        where = f"{path}:{len(lines) + 1}" if lines else str(path)
+        raise GameFileError(
+            f"{where}: cannot read games file ({error}); is it truncated, or not gzip / UTF-8 text?"
+        ) from None
+    return lines
 
 
 def _json_lines(lines: Iterable[str], source: str) -> Iterable[tuple[int, dict]]:
@@ -140,19 +146,19 @@ def parse_games(
     for number, record in records:
         read += 1
         game = _parse_record(record, f"{source}:{number}")
-        if statuses is not None and game.status not in statuses:
-            skipped[f"status {game.status}"] += 1
-            continue
-        if not game.turns and not keep_empty:
-            skipped["no questions"] += 1
-            continue
-        for turn in game.turns:
+        for turn in game.turns:  # across the whole file, before any filter
             if turn.qid in seen_qids:
                 raise GameFileError(
                     f"{source}:{number}: game {game.game_id}: question id {turn.qid} already used at line "
                     f"{seen_qids[turn.qid]}; question ids must be unique in a file"
                 )
             seen_qids[turn.qid] = number
+        if statuses is not None and game.status not in statuses:
+            skipped[f"status {game.status}"] += 1
+            continue
+        if not game.turns and not keep_empty:
+            skipped["no questions"] += 1
+            continue
         games.append(game)
     reasons = ", ".join(f"{n} {why}" for why, n in sorted(skipped.items())) or "none"
     log.info("%s: read %d games, kept %d, skipped %s", source, read, len(games), reasons)
@@ -167,7 +173,7 @@ def _parse_record(record: dict, where: str) -> Game:
         return _parse_v1(record, where)
     except KeyError as error:
         raise GameFileError(f"{where}: game {game_id}: missing required field {error}") from None
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, AttributeError) as error:  # e.g. v2 objects as a list instead of a dict
         if isinstance(error, GameFileError):
             raise
         raise GameFileError(f"{where}: game {game_id}: bad value ({error})") from None
@@ -190,10 +196,14 @@ def _parse_v2(record: dict, where: str) -> Game:
 
 def _object(object_id: object, o: dict) -> Object:
     x, y, w, h = (float(v) for v in o["bbox"])
+    if not all(math.isfinite(v) for v in (x, y, w, h)) or w < 0 or h < 0:
+        raise ValueError(f"object {object_id}: bbox {o['bbox']} is not a finite [x, y, w, h] box")
     return Object(int(object_id), str(o["category"]), int(o["category_id"]), (x, y, w, h))
 
 
 def _turn(qid: object, question: object, answer: object, game_id: object, where: str) -> Turn:
+    if not isinstance(question, str):
+        raise GameFileError(f"{where}: game {game_id}: question {qid}: the question is {question!r}, not text")
     if answer is None:
         label = UNKNOWN
     else:
@@ -210,12 +220,14 @@ def _game(game_id, file_name, image, target_id, objects, record, turns, where) -
     target_id = int(target_id)
     if not any(o.object_id == target_id for o in objects):
         raise GameFileError(f"{where}: game {game_id}: target object {target_id} is not among the game's objects")
-    stem = Path(str(file_name)).stem
+    width, height = int(image["width"]), int(image["height"])
+    if width <= 0 or height <= 0:
+        raise GameFileError(f"{where}: game {game_id}: image size {width}x{height}; width and height must be > 0")
     return Game(
         game_id=int(game_id),
-        image=stem,
-        width=int(image["width"]),
-        height=int(image["height"]),
+        image=Path(str(file_name)).stem,
+        width=width,
+        height=height,
         target_id=target_id,
         objects=objects,
         status=str(record.get("status", "unknown")),

@@ -121,6 +121,23 @@ def test_box_conversion_is_corners_over_size() -> None:
             r"bad\.jsonl:1: game 7: missing required field",
         ),
         ([v2_record(7, (70,), ("maybe",))], r"bad\.jsonl:1: game 7: question 70: unknown answer 'maybe'"),
+        (  # a failure game is filtered out later, but its question ids still count
+            [v2_record(7, (70,)), {**v2_record(8, (70,)), "status": "failure"}],
+            r"bad\.jsonl:2: game 8: question id 70 already used at line 1",
+        ),
+        ([{**v2_record(), "objects": [v2_record()["objects"]["11"]]}], r"bad\.jsonl:1: game 7: bad value"),
+        (
+            [{**v2_record(), "picture": {"file_name": "COCO_val2014_000000534127.jpg", "width": 0, "height": 480}}],
+            r"bad\.jsonl:1: game 7: image size 0x480",
+        ),
+        (
+            [{**v2_record(), "objects": {"11": {**v2_record()["objects"]["11"], "bbox": [1, "NaN", 3, 4]}}}],
+            r"bad\.jsonl:1: game 7: bad value \(object 11: bbox",
+        ),
+        (
+            [{**v2_record(), "qas": [{"id": 70, "q": None, "a": "Yes"}]}],
+            r"bad\.jsonl:1: game 7: question 70: the question is None",
+        ),
     ],
 )
 def test_bad_files_name_file_line_and_game(tmp_path: Path, records: list, message: str) -> None:
@@ -132,5 +149,13 @@ def test_truncated_gzip_is_one_clear_error(tmp_path: Path) -> None:
     data = sample_path("train").read_bytes()
     path = tmp_path / "cut.jsonl.gz"
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(GameFileError, match=r"cut\.jsonl\.gz: cannot read games file"):
+    with pytest.raises(GameFileError, match=r"cut\.jsonl\.gz:\d+: cannot read games file"):
         read_games(path)
+
+
+def test_line_separator_characters_inside_a_question_stay_in_their_line(tmp_path: Path) -> None:
+    record = v2_record()
+    record["qas"][0]["q"] = "is it the cup\u2028on the left\x85?"
+    path = tmp_path / "u2028.jsonl"
+    path.write_text(json.dumps(record, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert read_games(path)[0].turns[0].question == record["qas"][0]["q"]
