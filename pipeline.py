@@ -12,6 +12,7 @@ import dataclasses
 import gzip
 import json
 import logging
+import re
 import sys
 import types
 import typing
@@ -100,6 +101,8 @@ def resolve_device(name: str) -> str:
     """'auto' → 'cuda' when a GPU is visible, else 'cpu'; an explicit 'cuda' without one is an error."""
     import torch
 
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+        raise click.UsageError(f"--device {name}: use auto, cpu, cuda or cuda:N")
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -297,7 +300,7 @@ def run_predict(config: PredictConfig) -> list[dict] | None:
     from classify.run import load_model
     from extract.cache import columns, write_cache
     from extract.encoder import Encoder, TargetFeatures
-    from extract.job import check_images, encode_games
+    from extract.job import check_inputs, encode_games
     from extract.regions import RegionStore
 
     device = resolve_device(config.device)
@@ -308,7 +311,7 @@ def run_predict(config: PredictConfig) -> list[dict] | None:
     targets = TargetFeatures(config.target_features) if config.target_features else None
     if config.interactive:
         return _interactive(config, model, encoder, store, targets, device)
-    games, _ = check_images(_read_new_games(config.games), store, skip_missing=False)
+    games, _ = check_inputs(_read_new_games(config.games), store, targets, skip_missing=False)
     if not games:
         raise ValueError(f"{config.games}: no games with questions to answer")
     pooled, vision = encode_games(encoder, games, store, targets, config.batch_size)

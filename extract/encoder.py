@@ -25,7 +25,7 @@ import torch
 from transformers import AutoTokenizer, LxmertModel
 
 from extract.games import LABELS, Game
-from extract.regions import ImageRegions, RegionError
+from extract.regions import ImageRegions, RegionError, open_h5
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +91,22 @@ class TargetFeatures:
         self.path = Path(path)
         self._h5: h5py.File | None = None
 
-    def __getitem__(self, object_id: int) -> np.ndarray:
+    @property
+    def h5(self) -> h5py.File:
         if self._h5 is None:
-            self._h5 = h5py.File(self.path, "r")
-        key = str(object_id)
-        if key not in self._h5:
+            self._h5 = open_h5(self.path, "target feature file (one dataset per object id)")
+        return self._h5
+
+    def __contains__(self, object_id: int) -> bool:
+        return str(object_id) in self.h5
+
+    def size(self, object_id: int) -> int:
+        return int(np.prod(self.h5[str(object_id)].shape))
+
+    def __getitem__(self, object_id: int) -> np.ndarray:
+        if object_id not in self:
             raise RegionError(f"{self.path}: no features for object {object_id}")
-        return self._h5[key][:].astype(np.float32).reshape(-1)
+        return self.h5[str(object_id)][:].astype(np.float32).reshape(-1)
 
 
 def inject_target(game: Game, regions: ImageRegions, target_features: TargetFeatures | None = None) -> Visual:
@@ -123,6 +132,9 @@ def inject_target(game: Game, regions: ImageRegions, target_features: TargetFeat
 
 def load_lxmert(name_or_dir: str) -> tuple[LxmertModel, object, OracleSettings, dict]:
     """Model, tokenizer, settings and head/marker tensors ({} for a plain LXMERT) from a hub id or directory."""
+    path_like = name_or_dir.startswith((".", "/", "~")) or name_or_dir.endswith("/") or name_or_dir.count("/") > 1
+    if path_like and not Path(name_or_dir).expanduser().is_dir():  # not a hub id: do not ask the hub for it
+        raise ValueError(f"--model {name_or_dir}: no such directory")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_dir)
         model = LxmertModel.from_pretrained(name_or_dir)

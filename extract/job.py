@@ -91,8 +91,14 @@ def chunk_games(games: list[Game], chunk_size: int) -> list[tuple[int, int]]:
     return chunks
 
 
-def check_images(games: list[Game], store: RegionStore, skip_missing: bool) -> tuple[list[Game], int]:
-    """Games whose image is in the store, and how many were dropped; without `skip_missing` a miss is an error."""
+def check_inputs(
+    games: list[Game], store: RegionStore, targets: TargetFeatures | None, skip_missing: bool
+) -> tuple[list[Game], int]:
+    """Games whose inputs are all there, and how many were skipped for a missing image.
+
+    Checked before any encoding, so a bad input stops the job before it writes anything: an image missing from
+    the store (an error, or skipped with `skip_missing`), an image without regions, a target without features.
+    """
     missing = [g for g in games if g.image not in store]
     if missing and not skip_missing:
         g = missing[0]
@@ -103,19 +109,37 @@ def check_images(games: list[Game], store: RegionStore, skip_missing: bool) -> t
     if missing:
         log.warning("skipping %d games whose image is not in %s", len(missing), store.path)
     keep = {id(g) for g in missing}
-    return [g for g in games if id(g) not in keep], len(missing)
+    games = [g for g in games if id(g) not in keep]
+    for g in {g.image: g for g in games}.values():
+        if store.num_regions(g.image) == 0:
+            raise RegionError(f"{store.path}: image {g.image} (game {g.game_id}) has no regions; re-import it")
+    if targets is not None:
+        size = store.feature_size
+        for g in games:
+            if g.target_id not in targets or targets.size(g.target_id) != size:
+                found = f"size {targets.size(g.target_id)}" if g.target_id in targets else "none"
+                raise RegionError(
+                    f"{targets.path}: game {g.game_id}: target object {g.target_id} needs {size} features, found "
+                    f"{found}"
+                )
+    return games, len(missing)
 
 
 def _prepare_parts(config: ExtractConfig, meta: dict, rank: int) -> Path:
     parts = config.out.with_name(config.out.name + ".parts")
     if rank != 0:
         return parts
+    if config.out.is_dir():
+        raise IsADirectoryError(f"--out {config.out}: is a directory; give a file name such as cache/valid.h5")
     if config.out.exists() and not config.overwrite:
         raise FileExistsError(f"{config.out}: output exists; pass --overwrite to replace it")
     meta_path = parts / "meta.json"
     if parts.exists() and config.resume and meta_path.is_file():
         if json.loads(meta_path.read_text()) != meta:
-            raise ValueError(f"{parts}: the partial run used other games, model or chunking; rerun without --resume")
+            raise ValueError(
+                f"{parts}: the partial run used other inputs or settings (games, model, target features, "
+                "precision, chunking); rerun them, or use --overwrite to start again"
+            )
         return parts
     if parts.exists() and not (config.resume or config.overwrite):
         raise FileExistsError(f"{parts}: a partial run exists; pass --resume to continue it or --overwrite to restart")
@@ -172,10 +196,10 @@ def run_extract(
     started = time.perf_counter()
     games = read_games(config.games, parse_statuses(config.status))
     store = RegionStore(config.regions)
-    games, skipped = check_images(games, store, config.skip_missing)
+    targets = TargetFeatures(config.target_features) if config.target_features else None
+    games, skipped = check_inputs(games, store, targets, config.skip_missing)
     if not games:
         raise ValueError(f"{config.games}: no games left to encode (status filter '{config.status}')")
-    targets = TargetFeatures(config.target_features) if config.target_features else None
     encoder = encoder or Encoder.load(config.model, device=device, precision=config.precision)
     if store.feature_size != encoder.visual_feat_dim:
         raise RegionError(
@@ -195,13 +219,8 @@ def run_extract(
         "status_filter": config.status,
         "source_games": str(config.games),
     }
-    meta = {
-        "games": str(config.games),
-        "rows": count_rows(games),
-        "chunks": len(chunks),
-        "model": attrs["model"],
-        "model_config_hash": attrs["model_config_hash"],
-    }
+    # what a resumed run must share with the killed one for its chunks to be the same vectors
+    meta = {**attrs, "precision": str(encoder.dtype), "rows": count_rows(games), "chunks": len(chunks)}
     parts = _prepare_parts(config, meta, rank)
     barrier()  # rank 0 has created (or validated) the parts folder
     mine = [i for i in range(len(chunks)) if i % world == rank and not (parts / f"chunk_{i:05d}.npz").exists()]

@@ -60,11 +60,15 @@ class RegionStore:
     @property
     def h5(self) -> h5py.File:
         if self._h5 is None:
-            self._h5 = h5py.File(self.path, "r")
+            self._h5 = open_h5(self.path, "region store")
         return self._h5
 
     def __contains__(self, stem: str) -> bool:
         return stem in self.h5 and "boxes" in self.h5[stem]
+
+    def num_regions(self, stem: str) -> int:
+        """K for an image in the store (read from the file's metadata, not its data)."""
+        return int(self.h5[stem]["boxes"].shape[0])
 
     def __getitem__(self, stem: str) -> ImageRegions:
         if stem not in self:
@@ -90,6 +94,14 @@ class RegionStore:
 
     def __getstate__(self) -> dict:
         return {"path": self.path, "_h5": None}
+
+
+def open_h5(path: Path, what: str) -> h5py.File:
+    """Open an HDF5 file for reading; a file that is not HDF5 is one error naming it."""
+    try:
+        return h5py.File(path, "r")
+    except OSError as error:
+        raise RegionError(f"{path}: cannot open as HDF5 ({error}); is it a {what}?") from None
 
 
 def write_image(h5: h5py.File, stem: str, features: np.ndarray, boxes: np.ndarray, height: int, width: int) -> None:
@@ -140,19 +152,28 @@ def import_tsv(config: ImportTsvConfig) -> tuple[int, int]:
     added = present = 0
     with h5py.File(target, "a") as h5:
         for path in tsv_paths:
-            with open(path, newline="") as handle, tqdm(desc=f"import {path.name}", unit="img") as bar:
-                reader = csv.DictReader(handle, fieldnames=TSV_FIELDS, delimiter="\t")
-                for number, row in enumerate(reader, start=1):
-                    stem = row["img_id"]
-                    if stem in h5 and "boxes" in h5[stem]:
-                        present += 1
-                    else:
-                        _write_row(h5, row, f"{path}:{number}")
-                        added += 1
-                    bar.update()
+            counts = _import_file(h5, path)
+            added, present = added + counts[0], present + counts[1]
     if not append:
         target.replace(out)
     log.info("%s: %d images added, %d already present", out, added, present)
+    return added, present
+
+
+def _import_file(h5: h5py.File, path: Path) -> tuple[int, int]:
+    """One TSV into an open store, row by row: (images added, images already present)."""
+    added = present = number = 0
+    with open(path, newline="", encoding="utf-8") as handle, tqdm(desc=f"import {path.name}", unit="img") as bar:
+        try:
+            for number, row in enumerate(csv.DictReader(handle, fieldnames=TSV_FIELDS, delimiter="\t"), start=1):
+                if row["img_id"] in h5 and "boxes" in h5[row["img_id"]]:
+                    present += 1
+                else:
+                    _write_row(h5, row, f"{path}:{number}")
+                    added += 1
+                bar.update()
+        except UnicodeDecodeError:
+            raise RegionError(f"{path}:{number + 1}: not UTF-8 text; is this an LXMERT obj36 TSV?") from None
     return added, present
 
 

@@ -66,8 +66,8 @@ def sample_regions(tmp_path_factory: pytest.TempPathFactory, sample_games: dict[
     return write_region_store(tmp_path_factory.mktemp("regions") / "regions.h5", games)
 
 
-def torchrun_pipeline(*args: object, processes: int = 2) -> None:
-    """Run `torchrun --standalone --nproc_per_node N -m pipeline ARGS` on the CPU (gloo); fail with its stderr."""
+def torchrun_pipeline(*args: object, processes: int = 2) -> str:
+    """Run `torchrun --standalone --nproc_per_node N -m pipeline ARGS` on the CPU (gloo); its stderr, or fail."""
     command = [
         sys.executable,
         "-m",
@@ -82,3 +82,4 @@ def torchrun_pipeline(*args: object, processes: int = 2) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes share two cores
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    return result.stderr

@@ -70,14 +70,36 @@ def test_batched_encoding_equals_one_at_a_time(tiny_lxmert: Path, sample_games: 
     assert pooled.shape == (len(examples), 32) and not np.allclose(pooled[0], pooled[1])
 
 
-def test_questions_truncated_at_max_length(tiny_lxmert: Path, sample_regions: Path, sample_games: dict) -> None:
+def test_questions_truncated_at_32_tokens(tiny_lxmert: Path, sample_regions: Path, sample_games: dict) -> None:
     encoder = Encoder.load(str(tiny_lxmert))
     game = sample_games["test"][0]
     visual = inject_target(game, RegionStore(sample_regions)[game.image])
-    long_question = " ".join(["is it"] * 40)
-    base, _ = encoder.encode([Example(long_question, visual)])
-    longer, _ = encoder.encode([Example(long_question + " the", visual)])
-    np.testing.assert_allclose(base, longer, atol=1e-6)  # words past token 32 are cut
+
+    def pooled(words: list[str]) -> np.ndarray:
+        return encoder.encode([Example(" ".join(words), visual)])[0][0]
+
+    words = ["is", "it"] * 15  # 30 words + [CLS] + [SEP] = 32 tokens
+    np.testing.assert_allclose(pooled(words + ["is"]), pooled(words + ["it"]), atol=1e-6)  # word 31 is cut
+    assert not np.allclose(pooled(words[:29] + ["is"]), pooled(words[:29] + ["it"]), atol=1e-4)  # word 30 is read
+
+
+def test_batches_hold_questions_of_similar_length(tiny_lxmert: Path, sample_regions: Path, sample_games: dict) -> None:
+    encoder = Encoder.load(str(tiny_lxmert))
+    game = sample_games["test"][0]
+    visual = inject_target(game, RegionStore(sample_regions)[game.image])
+    short, long = "is it?", " ".join(["is it"] * 10)
+    examples = [Example(short if i % 2 else long, visual) for i in range(8)]
+    widths = []
+    hook = encoder.model.register_forward_hook(
+        lambda module, args, kwargs, out: widths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
+    try:
+        pooled, _ = encoder.encode(examples, batch_size=4)
+    finally:
+        hook.remove()
+    assert sorted(widths) == [5, 22]  # one batch of short questions, one of long ones: little padding
+    np.testing.assert_allclose(pooled[1], pooled[3], atol=1e-5)  # rows still come back in the order given
+    assert not np.allclose(pooled[0], pooled[1])
 
 
 @pytest.mark.cuda

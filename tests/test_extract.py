@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -17,9 +18,10 @@ from click.testing import CliRunner
 from extract.cache import read_rows
 from extract.encoder import Encoder, Example, inject_target
 from extract.games import read_games
+from extract.job import chunk_games
 from extract.regions import RegionStore
 from pipeline import main
-from tests.conftest import REPO, sample_path, torchrun_pipeline
+from tests.conftest import FEATURE_SIZE, REPO, sample_path, torchrun_pipeline
 
 
 def run_cli(*args: object) -> object:
@@ -101,6 +103,53 @@ def test_bad_games_file_is_one_line(tmp_path: Path, tiny_lxmert: Path, sample_re
     assert "Traceback" not in result.output and not (tmp_path / "o.h5").exists()
 
 
+def test_inputs_checked_before_any_work(tmp_path: Path, tiny_lxmert: Path, sample_regions: Path) -> None:
+    games = read_games(sample_path("test"))
+    targets = tmp_path / "targets.h5"
+    with h5py.File(targets, "w") as h5:  # every target but the last game's
+        for game in games[:-1]:
+            h5[str(game.target_id)] = np.zeros(FEATURE_SIZE, dtype=np.float32)
+    args = extract_args(sample_path("test"), sample_regions, tiny_lxmert, tmp_path / "o.h5")
+    cases = [
+        ([*args, "--target-features", targets], f"game {games[-1].game_id}: target object {games[-1].target_id}"),
+        ([*args, "--device", "tpu"], "--device tpu: use auto, cpu, cuda or cuda:N"),
+        ([*args, "--model", tmp_path / "no_such_oracle"], "no_such_oracle: no such directory"),
+        ([*args[:-3], tmp_path, "--device", "cpu"], "is a directory; give a file name"),
+        ([*args[:4], tiny_lxmert / "vocab.txt", *args[5:]], "vocab.txt: cannot open as HDF5"),
+    ]
+    for command, message in cases:
+        result = run_cli(*command)
+        assert result.exit_code != 0 and message in result.output, (command, result.output)
+        errors = [line for line in result.output.splitlines() if "Error" in line]
+        assert "Traceback" not in result.output and len(errors) == 1, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["targets.h5"]  # nothing half-written
+
+
+def test_resume_refuses_a_run_with_other_settings(
+    tmp_path: Path, tiny_lxmert: Path, sample_regions: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    games = read_games(sample_path("test"))
+    targets = tmp_path / "targets.h5"
+    with h5py.File(targets, "w") as h5:
+        for game in games:
+            h5[str(game.target_id)] = np.ones(FEATURE_SIZE, dtype=np.float32)
+    out = tmp_path / "o.h5"
+    args = [*extract_args(sample_path("test"), sample_regions, tiny_lxmert, out), "--chunk-size", "10"]
+
+    def crash(*_: object) -> None:
+        raise RuntimeError("killed before the merge")
+
+    monkeypatch.setattr("extract.job._merge", crash)  # every chunk is saved, then the job dies
+    with pytest.raises(RuntimeError):
+        run_cli(*args, "--target-features", targets)
+    monkeypatch.undo()
+    refused = run_cli(*args, "--resume")  # same games and model, but nearest-region targets this time
+    assert refused.exit_code != 0 and "other inputs or settings" in refused.output
+    resumed = run_cli(*args, "--target-features", targets, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert read_rows(out).attrs["target_mode"] == "file"
+
+
 def copies_of_sample(path: Path, copies: int) -> Path:
     """The 18 real sample games repeated with fresh game and question ids: enough rows to kill a run part way."""
     lines = []
@@ -140,7 +189,11 @@ def test_killed_run_resumes_to_the_same_file(tmp_path: Path, tiny_lxmert: Path, 
     assert 3 <= len(done) < 15 and not killed.exists()
     refused = run_cli(*extract_args(games, sample_regions, tiny_lxmert, killed), *common)
     assert refused.exit_code != 0 and "--resume" in refused.output
-    assert run_cli(*extract_args(games, sample_regions, tiny_lxmert, killed), *common, "--resume").exit_code == 0
+    resumed = run_cli("-v", *extract_args(games, sample_regions, tiny_lxmert, killed), *common, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    recomputed = {f"chunk_{int(n):05d}.npz" for n in re.findall(r"saved chunk (\d+)", resumed.output)}
+    assert recomputed and not recomputed & set(done)  # finished chunks are read back, not encoded again
+    assert len(recomputed) + len(done) == len(chunk_games(read_games(games), 40))
     assert run_cli(*extract_args(games, sample_regions, tiny_lxmert, full), *common).exit_code == 0
     a, b = read_rows(killed), read_rows(full)
     assert a.qid.tolist() == b.qid.tolist() and len(a.qid) == 600
@@ -155,7 +208,9 @@ def test_torchrun_two_cpu_processes_match_one(tmp_path: Path, tiny_lxmert: Path,
     single, sharded = tmp_path / "single.h5", tmp_path / "sharded.h5"
     common = ["--chunk-size", "7", "--batch-size", "4"]
     assert run_cli(*extract_args(games, sample_regions, tiny_lxmert, single), *common).exit_code == 0
-    torchrun_pipeline(*extract_args(games, sample_regions, tiny_lxmert, sharded), *common)
+    log = torchrun_pipeline("-v", *extract_args(games, sample_regions, tiny_lxmert, sharded), *common)
+    saved = sorted(int(n) for n in re.findall(r"saved chunk (\d+)", log))  # both ranks log to this stderr
+    assert saved == list(range(len(chunk_games(read_games(games), 7))))  # each chunk encoded once: disjoint shards
     a, b = read_rows(single), read_rows(sharded)
     assert a.qid.tolist() == b.qid.tolist() and a.question == b.question
     np.testing.assert_allclose(a.pooled.astype(np.float32), b.pooled.astype(np.float32), atol=1e-5)
