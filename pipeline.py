@@ -255,7 +255,7 @@ def _read_new_games(path: Path) -> list:
     from extract.games import read_games, read_games_lines
 
     if str(path) == "-":
-        return read_games_lines(click.get_text_stream("stdin"), "<stdin>")
+        return read_games_lines(sys.stdin, "<stdin>")
     return read_games(path, statuses=None)
 
 
@@ -268,11 +268,11 @@ def _check_pair(oracle: str, encoder: object, checkpoint: dict, run: Path) -> No
         )
     trained_on = checkpoint.get("cache_attrs", {})
     ours = encoder.describe(oracle)
-    for key in ("model_config_hash", "oracle_settings"):
+    for key in ("model_config_hash", "model_weights_hash", "oracle_settings"):
         if trained_on.get(key) not in (None, ours[key]):
             raise ValueError(
                 f"--oracle {oracle}: its {key} differs from that of the caches --run {run} was trained on "
-                f"({trained_on.get('model')}); use the same oracle"
+                f"(made by {trained_on.get('model')}); use the oracle that made them"
             )
 
 
@@ -300,15 +300,18 @@ def run_predict(config: PredictConfig) -> list[dict] | None:
     from classify.run import load_model
     from extract.cache import columns, write_cache
     from extract.encoder import Encoder, TargetFeatures
-    from extract.job import check_inputs, encode_games
+    from extract.job import check_inputs, check_oracle_inputs, encode_games
     from extract.regions import RegionStore
 
+    if config.out is not None and config.out.is_dir():
+        raise IsADirectoryError(f"--out {config.out}: is a directory; give a file name such as predictions.jsonl")
     device = resolve_device(config.device)
     model, checkpoint = load_model(config.run, device)
     encoder = Encoder.load(config.oracle, device=device, precision=config.precision)
     _check_pair(config.oracle, encoder, checkpoint, config.run)
     store = RegionStore(config.regions)
     targets = TargetFeatures(config.target_features) if config.target_features else None
+    check_oracle_inputs(config.oracle, encoder.visual_feat_dim, encoder.settings, store, targets)
     if config.interactive:
         return _interactive(config, model, encoder, store, targets, device)
     games, _ = check_inputs(_read_new_games(config.games), store, targets, skip_missing=False)
@@ -341,7 +344,7 @@ def _interactive(
     game = games[0]
     visual = inject_target(game, store[game.image], targets)
     live = LiveDialogue(model, game.game_id, game.target.category_id, game.target_box_normalised(), device)
-    stdin = click.get_text_stream("stdin")
+    stdin = sys.stdin
     prompt = stdin.isatty()
 
     def answer(question: str) -> None:

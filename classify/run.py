@@ -19,7 +19,7 @@ from torch import nn
 from classify.data import SCHEMA_VERSION, Split
 from classify.model import OracleSpec, build_model
 
-CACHE_IDENTITY = ("model", "model_config_hash", "oracle_settings")
+CACHE_IDENTITY = ("model", "model_config_hash", "model_weights_hash", "oracle_settings")
 RUN_FILES = ("config.json", "metrics.csv", "best.pt", "last.pt", "train.log", "report.json")
 
 

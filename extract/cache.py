@@ -4,7 +4,7 @@ Rows are questions, contiguous per game, in dialogue order. Datasets:
   qid int64 [N] · game_id int64 [N] · turn int16 [N] · answer int8 [N] (-1 = unknown)
   question str [N] · image str [N] · target_category int16 [N] · target_box float32 [N, 4]
   pooled float16 [N, H] · target_vision float16 [N, H]
-Attrs: schema_version, model, model_config_hash, transformers_version, target_mode, status_filter,
+Attrs: schema_version, model, model_config_hash, model_weights_hash, transformers_version, target_mode, status_filter,
 source_games, answer_labels, hidden_size, created.
 
     write_metadata(h5, games)            # preallocates every dataset, fills the per-question columns

@@ -134,13 +134,13 @@ def load_lxmert(name_or_dir: str) -> tuple[LxmertModel, object, OracleSettings, 
     """Model, tokenizer, settings and head/marker tensors ({} for a plain LXMERT) from a hub id or directory."""
     path_like = name_or_dir.startswith((".", "/", "~")) or name_or_dir.endswith("/") or name_or_dir.count("/") > 1
     if path_like and not Path(name_or_dir).expanduser().is_dir():  # not a hub id: do not ask the hub for it
-        raise ValueError(f"--model {name_or_dir}: no such directory")
+        raise ValueError(f"{name_or_dir}: no such LXMERT directory")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_dir)
         model = LxmertModel.from_pretrained(name_or_dir)
     except OSError as error:
         first = str(error).strip().splitlines()[0]
-        raise ValueError(f"--model {name_or_dir}: cannot load LXMERT ({first})") from None
+        raise ValueError(f"{name_or_dir}: cannot load LXMERT ({first})") from None
     directory = Path(name_or_dir)
     settings = OracleSettings.read(directory) if directory.is_dir() else OracleSettings()
     extras = {}
@@ -150,7 +150,19 @@ def load_lxmert(name_or_dir: str) -> tuple[LxmertModel, object, OracleSettings, 
 
 
 def config_hash(model: LxmertModel) -> str:
-    return hashlib.sha256(model.config.to_json_string(use_diff=False).encode()).hexdigest()[:16]
+    """The architecture, not where it was loaded from: the same oracle copied or moved keeps its hash."""
+    config = model.config.to_dict()
+    for key in ("_name_or_path", "transformers_version", "architectures"):
+        config.pop(key, None)
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def weights_hash(model: LxmertModel, marker: torch.Tensor | None) -> str:
+    """A fingerprint of the weights: the pooler (fine-tuning moves it) and the target marker, if any."""
+    digest = hashlib.sha256()
+    for tensor in (*model.pooler.parameters(), *([] if marker is None else [marker])):
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def collate(examples: list[Example], tokenizer: object, max_length: int) -> dict[str, torch.Tensor]:
@@ -253,6 +265,7 @@ class Encoder:
         return {
             "model": str(name_or_dir),
             "model_config_hash": config_hash(self.model),
+            "model_weights_hash": weights_hash(self.model, self.marker),
             "transformers_version": transformers.__version__,
             "oracle_settings": json.dumps(asdict(self.settings)),
         }

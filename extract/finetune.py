@@ -35,7 +35,7 @@ from extract.encoder import (
     lxmert_forward,
 )
 from extract.games import LABELS, UNKNOWN, Game, parse_statuses, read_games
-from extract.job import DEFAULT_MODEL, Precision, option
+from extract.job import DEFAULT_MODEL, Precision, check_inputs, check_oracle_inputs, option
 from extract.regions import RegionStore
 
 log = logging.getLogger(__name__)
@@ -137,9 +137,11 @@ class Questions(torch.utils.data.Dataset):
         return Example(turn.question, inject_target(game, self.store[game.image], self.targets)), turn.answer
 
 
-def _loader(questions: Questions, tokenizer: object, config: FinetuneConfig, order: list[int] | None) -> object:
+def _loader(
+    questions: Questions, tokenizer: object, config: FinetuneConfig, order: list[int] | None, max_length: int
+) -> object:
     def collate_labelled(items: list[tuple[Example, int]]) -> dict[str, torch.Tensor]:
-        batch = collate([e for e, _ in items], tokenizer, config.max_length)
+        batch = collate([e for e, _ in items], tokenizer, max_length)
         batch["labels"] = torch.tensor([label for _, label in items])
         return batch
 
@@ -191,21 +193,30 @@ class Progress:
     seen: int = 0
 
 
+# Options a resumed run must share with the killed one: they fix the data order, the schedule and the model.
+RESUME_KEYS = ("train", "valid", "model", "target_features", "head", "marker", "status", "epochs", "lr", "warmup",
+               "weight_decay", "batch_size", "accumulate", "max_length", "seed")  # fmt: skip
+
+
 @dataclass
 class Trainer:
     model: SingleTurnOracle
     net: nn.Module  # the model, or its DistributedDataParallel wrapper
     optimizer: torch.optim.Optimizer
     scheduler: object
+    scaler: torch.amp.GradScaler  # active for fp16 autocast only: bf16 and fp32 gradients do not underflow
     progress: Progress
+    settings: dict  # RESUME_KEYS of the run's config, and the number of processes
 
     def save(self, path: Path) -> None:
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "rng": torch.get_rng_state(),
             "progress": asdict(self.progress),
+            "settings": self.settings,
         }
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state()
@@ -216,7 +227,14 @@ class Trainer:
 
     def restore(self, path: Path, device: str) -> None:
         state = torch.load(path, map_location=device, weights_only=True)
+        changed = [k for k, v in self.settings.items() if state.get("settings", {}).get(k) != v]
+        if changed:
+            raise ValueError(
+                f"{path}: the killed run used other {', '.join(changed)}; resume with the same options, "
+                "or pass --overwrite to start again"
+            )
         self.model.load_state_dict(state["model"])
+        self.scaler.load_state_dict(state["scaler"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
@@ -240,7 +258,8 @@ def _prepare_out(config: FinetuneConfig) -> bool:
 
 
 def _questions(path: Path, config: FinetuneConfig, store: RegionStore, targets: TargetFeatures | None) -> Questions:
-    questions = Questions(read_games(path, parse_statuses(config.status)), store, targets)
+    games, _ = check_inputs(read_games(path, parse_statuses(config.status)), store, targets, skip_missing=False)
+    questions = Questions(games, store, targets)
     if not questions.items:
         raise ValueError(f"{path}: no answered questions to train or validate on")
     return questions
@@ -271,14 +290,16 @@ def _train_epoch(
         with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
             logits = trainer.net(batch)
         loss = F.cross_entropy(logits.float(), batch["labels"])
-        (loss / config.accumulate).backward()
+        trainer.scaler.scale(loss / config.accumulate).backward()
         progress.loss_sum += loss.item() * len(batch["labels"])
         progress.right += int((logits.argmax(-1) == batch["labels"]).sum())
         progress.seen += len(batch["labels"])
         progress.batch += 1
         if progress.batch % config.accumulate == 0 or progress.batch == batches:
+            trainer.scaler.unscale_(trainer.optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
-            trainer.optimizer.step()
+            trainer.scaler.step(trainer.optimizer)
+            trainer.scaler.update()
             trainer.scheduler.step()
             trainer.optimizer.zero_grad(set_to_none=True)
             step = progress.batch // config.accumulate
@@ -300,6 +321,12 @@ def _end_epoch(trainer: Trainer, valid_accuracy: float, save_best: Callable[[], 
     trainer.progress = Progress(epoch=p.epoch + 1, best=p.best)
 
 
+def _keep_metrics_until(metrics: Path, epochs: int) -> None:
+    """Drop rows after the checkpoint's last finished epoch (a kill can land between a row and its checkpoint)."""
+    header, *rows = metrics.read_text().splitlines(keepends=True)
+    metrics.write_text(header + "".join(r for r in rows if int(r.split(",")[0]) <= epochs))
+
+
 def _evaluate_only(config: FinetuneConfig, device: str) -> float:
     lxmert, tokenizer, settings, extras = load_lxmert(config.model)
     if settings.head == "none":
@@ -308,10 +335,10 @@ def _evaluate_only(config: FinetuneConfig, device: str) -> float:
     model.load_extras(extras)
     store = RegionStore(config.regions)
     targets = TargetFeatures(config.target_features) if config.target_features else None
+    check_oracle_inputs(config.model, lxmert.config.visual_feat_dim, settings, store, targets)
     valid = _questions(config.valid, config, store, targets)
-    return accuracy(
-        model.to(device), _loader(valid, tokenizer, config, None), device, autocast_dtype(device, config.precision)
-    )
+    loader = _loader(valid, tokenizer, config, None, settings.max_length)  # the oracle's own input settings
+    return accuracy(model.to(device), loader, device, autocast_dtype(device, config.precision))
 
 
 def run_finetune(
@@ -324,10 +351,11 @@ def run_finetune(
     store = RegionStore(config.regions)
     targets = TargetFeatures(config.target_features) if config.target_features else None
     lxmert, tokenizer, _, _ = load_lxmert(config.model)
+    settings = OracleSettings(config.max_length, config.marker, config.head, "file" if targets else "nearest")
+    check_oracle_inputs(config.model, lxmert.config.visual_feat_dim, OracleSettings(), store, targets)
     dtype = autocast_dtype(device, config.precision)
     valid = _questions(config.valid, config, store, targets)
     train = _questions(config.train, config, store, targets)
-    settings = OracleSettings(config.max_length, config.marker, config.head, "file" if targets else "nearest")
     model = SingleTurnOracle(lxmert, config.head, config.marker).to(device)
     resuming = _prepare_out(config) if rank == 0 else config.resume
     barrier()
@@ -339,18 +367,22 @@ def run_finetune(
     # The pooled output does not depend on the last cross layer's vision branch: those weights get no gradient.
     ddp = torch.nn.parallel.DistributedDataParallel
     net = ddp(model, find_unused_parameters=True) if world > 1 else model
-    trainer = Trainer(model, net, optimizer, scheduler, Progress())
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    run_settings = {**{k: str(getattr(config, k)) for k in RESUME_KEYS}, "processes": world}
+    trainer = Trainer(model, net, optimizer, scheduler, scaler, Progress(), run_settings)
     checkpoint = config.out / CHECKPOINT
     if resuming:
         trainer.restore(checkpoint, device)
+        if rank == 0:
+            _keep_metrics_until(config.out / METRICS, trainer.progress.epoch)
     while trainer.progress.epoch < config.epochs:
         seed = config.seed + trainer.progress.epoch
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).tolist()
         order = order[: per_rank * world][rank::world][trainer.progress.batch * config.batch_size :]
-        loader = _loader(train, tokenizer, config, order)
+        loader = _loader(train, tokenizer, config, order, config.max_length)
         _train_epoch(trainer, loader, config, batches, device, dtype, checkpoint if rank == 0 else None)
         if rank == 0:
-            valid_accuracy = accuracy(model, _loader(valid, tokenizer, config, None), device, dtype)
+            valid_accuracy = accuracy(model, _loader(valid, tokenizer, config, None, config.max_length), device, dtype)
             _end_epoch(
                 trainer,
                 valid_accuracy,

@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from extract.cache import FEATURE_DATASETS, count_rows, write_metadata
-from extract.encoder import Encoder, Example, TargetFeatures, inject_target
+from extract.encoder import Encoder, Example, OracleSettings, TargetFeatures, inject_target
 from extract.games import Game, parse_statuses, read_games
 from extract.regions import RegionError, RegionStore
 
@@ -125,6 +125,23 @@ def check_inputs(
     return games, len(missing)
 
 
+def check_oracle_inputs(
+    model: str, visual_feat_dim: int, settings: OracleSettings, store: RegionStore, targets: TargetFeatures | None
+) -> None:
+    """The region store and target mode must be what the LXMERT (or fine-tuned oracle) `model` was made for."""
+    if store.feature_size != visual_feat_dim:
+        raise RegionError(
+            f"{store.path}: region features have size {store.feature_size} but {model} expects {visual_feat_dim}"
+        )
+    if settings.target_mode == "file" and targets is None:
+        raise ValueError(
+            f"{model}: this oracle was fine-tuned with per-object target features; "
+            "pass the same file with --target-features"
+        )
+    if settings.head != "none" and settings.target_mode == "nearest" and targets is not None:
+        log.warning("%s was fine-tuned with nearest-region targets; --target-features changes its inputs", model)
+
+
 def _prepare_parts(config: ExtractConfig, meta: dict, rank: int) -> Path:
     parts = config.out.with_name(config.out.name + ".parts")
     if rank != 0:
@@ -201,16 +218,7 @@ def run_extract(
     if not games:
         raise ValueError(f"{config.games}: no games left to encode (status filter '{config.status}')")
     encoder = encoder or Encoder.load(config.model, device=device, precision=config.precision)
-    if store.feature_size != encoder.visual_feat_dim:
-        raise RegionError(
-            f"{config.regions}: region features have size {store.feature_size} but {config.model} expects "
-            f"{encoder.visual_feat_dim}"
-        )
-    if encoder.settings.target_mode == "file" and targets is None:
-        raise ValueError(
-            f"--model {config.model}: this oracle was fine-tuned with per-object target features; "
-            "pass the same file with --target-features"
-        )
+    check_oracle_inputs(config.model, encoder.visual_feat_dim, encoder.settings, store, targets)
     chunks = chunk_games(games, config.chunk_size)
     attrs = {
         **encoder.describe(config.model),

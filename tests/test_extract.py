@@ -113,7 +113,7 @@ def test_inputs_checked_before_any_work(tmp_path: Path, tiny_lxmert: Path, sampl
     cases = [
         ([*args, "--target-features", targets], f"game {games[-1].game_id}: target object {games[-1].target_id}"),
         ([*args, "--device", "tpu"], "--device tpu: use auto, cpu, cuda or cuda:N"),
-        ([*args, "--model", tmp_path / "no_such_oracle"], "no_such_oracle: no such directory"),
+        ([*args, "--model", tmp_path / "no_such_oracle"], "no_such_oracle: no such LXMERT directory"),
         ([*args[:-3], tmp_path, "--device", "cpu"], "is a directory; give a file name"),
         ([*args[:4], tiny_lxmert / "vocab.txt", *args[5:]], "vocab.txt: cannot open as HDF5"),
     ]

@@ -15,7 +15,8 @@ import torch
 from click.testing import CliRunner
 
 from extract.cache import read_rows
-from extract.encoder import Encoder, Example, OracleSettings, inject_target
+from extract.encoder import Encoder, Example, OracleSettings, collate, inject_target, load_lxmert
+from extract.finetune import SingleTurnOracle
 from extract.games import read_games
 from extract.regions import RegionStore, write_image
 from pipeline import main
@@ -155,12 +156,21 @@ def test_finetune_learns_and_round_trips_through_extract(world: dict[str, Path],
     rows = read_rows(cache)
     assert rows.attrs["model"] == str(out) and json.loads(rows.attrs["oracle_settings"])["marker"] == "offset"
     encoder = Encoder.load(str(out))
-    assert encoder.marker is not None and float(encoder.marker.abs().sum()) > 0  # the learned marker is applied
+    assert encoder.marker is not None and float(encoder.marker.abs().sum()) > 0
     game = read_games(world["valid"])[0]
-    visual = inject_target(game, RegionStore(world["regions"])[game.image])
-    pooled, vision = encoder.encode([Example(t.question, visual) for t in game.turns])
+    examples = [Example(t.question, inject_target(game, RegionStore(world["regions"])[game.image])) for t in game.turns]
+    pooled, vision = encoder.encode(examples)
     np.testing.assert_allclose(rows.pooled[: len(game.turns)], pooled, atol=2e-3)
     np.testing.assert_allclose(rows.target_vision[: len(game.turns)], vision, atol=2e-3)
+    # the oracle as fine-tuning ran it (marker and all) gives the same logits from its pooled output as the
+    # saved head gives from the cached vectors: training and extraction see the same inputs
+    lxmert, tokenizer, settings, extras = load_lxmert(str(out))
+    oracle = SingleTurnOracle(lxmert, settings.head, settings.marker).eval()
+    oracle.load_extras(extras)
+    with torch.no_grad():
+        trained = oracle(collate(examples, tokenizer, settings.max_length))
+        cached = oracle.head(torch.from_numpy(rows.pooled[: len(game.turns)].astype(np.float32)))
+    torch.testing.assert_close(cached, trained, atol=1e-2, rtol=0)
 
 
 def test_killed_finetune_resumes_to_the_same_weights(world: dict[str, Path], tmp_path: Path) -> None:
@@ -177,6 +187,8 @@ def test_killed_finetune_resumes_to_the_same_weights(world: dict[str, Path], tmp
     assert process.returncode == -signal.SIGKILL and (killed / "checkpoint.pt").exists()
     refused = CliRunner().invoke(main, finetune_args(world, killed, *common))
     assert refused.exit_code != 0 and "--resume" in refused.output
+    changed = CliRunner().invoke(main, finetune_args(world, killed, "--epochs", "3", "--save-every", "2", "--resume"))
+    assert changed.exit_code != 0 and "the killed run used other epochs" in changed.output, changed.output
     resumed = CliRunner().invoke(main, finetune_args(world, killed, *common, "--resume"))
     assert resumed.exit_code == 0, resumed.output
     a, b = Encoder.load(str(full)), Encoder.load(str(killed))
@@ -184,6 +196,22 @@ def test_killed_finetune_resumes_to_the_same_weights(world: dict[str, Path], tmp
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=name)
     torch.testing.assert_close(a.marker, b.marker)
     assert (full / "finetune_metrics.csv").read_text() == (killed / "finetune_metrics.csv").read_text()
+
+
+def test_linear_head_without_marker_and_accumulation(world: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "plain"
+    args = finetune_args(world, out, "--epochs", "1", "--head", "linear", "--marker", "none", "--accumulate", "3")
+    result = CliRunner().invoke(main, [*args, "--max-length", "4"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    settings = OracleSettings.read(out)
+    assert (settings.head, settings.marker, settings.max_length) == ("linear", "none", 4)
+    assert Encoder.load(str(out)).marker is None
+    _, _, _, extras = load_lxmert(str(out))
+    assert set(extras) == {"head.weight", "head.bias"}
+    best = float((out / "finetune_metrics.csv").read_text().splitlines()[1].split(",")[3])
+    evaluate = ["finetune", "--eval-only", "--model", out, "--valid", world["valid"], "--regions", world["regions"]]
+    again = CliRunner().invoke(main, [str(a) for a in evaluate])  # reads max length 4 from the oracle
+    assert again.exit_code == 0 and f"accuracy {best:.4f}" in again.output, again.output
 
 
 @pytest.mark.slow

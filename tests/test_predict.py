@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +12,15 @@ import pytest
 from click.testing import CliRunner
 
 from classify.data import read_split
-from classify.predict import predict_split
+from classify.predict import LiveDialogue, predict_split
 from classify.run import load_model
+from extract.games import read_games
 from pipeline import main
-from tests.conftest import sample_path, save_tiny_lxmert
+from tests.conftest import sample_path, save_tiny_lxmert, write_region_store
+
+
+def sample_questions() -> list[str]:
+    return [t.question for split in ("train", "valid", "test") for g in read_games(sample_path(split)) for t in g.turns]
 
 
 def invoke(*args: object, input: str | None = None) -> object:
@@ -93,6 +99,18 @@ def test_live_mode_answers_like_batch_mode(trained: dict[str, Path], tmp_path: P
         assert f"Yes {record['probs']['Yes']:.2f}" in line
 
 
+def test_live_dialogue_carries_the_state_like_batch_mode(trained: dict[str, Path]) -> None:
+    split = read_split(trained["test"])
+    model, _ = load_model(trained["run"])
+    first = slice(split.starts[0], split.starts[1])  # the first game's rows
+    live = LiveDialogue(model, 0, int(split.target_category[0]), split.target_box[0], "cpu")
+    asked = np.stack([live.ask(p, v) for p, v in zip(split.pooled[first], split.target_vision[first], strict=True)])
+    np.testing.assert_allclose(asked, predict_split(model, split, 8, "cpu")[first], atol=1e-5)
+    fresh = LiveDialogue(model, 0, int(split.target_category[0]), split.target_box[0], "cpu")
+    last = fresh.ask(split.pooled[first][-1], split.target_vision[first][-1])
+    assert not np.allclose(last, asked[-1], atol=1e-4)  # the same question without the dialogue is answered otherwise
+
+
 def test_mismatched_oracle_and_bad_games_leave_nothing(trained: dict[str, Path], tmp_path: Path) -> None:
     other = save_tiny_lxmert(tmp_path / "other", ["is", "it"], feature_size=16)
     out = tmp_path / "p.jsonl"
@@ -100,6 +118,16 @@ def test_mismatched_oracle_and_bad_games_leave_nothing(trained: dict[str, Path],
     args[args.index("--oracle") + 1] = other
     result = invoke(*args)
     assert result.exit_code != 0 and "differs from that of the caches" in result.output and not out.exists()
+    retrained = save_tiny_lxmert(tmp_path / "retrained", sample_questions(), seed=1)
+    args[args.index("--oracle") + 1] = retrained  # same architecture and vocabulary, other weights
+    result = invoke(*args)
+    assert result.exit_code != 0 and "model_weights_hash differs" in result.output and not out.exists()
+    args[args.index("--oracle") + 1] = shutil.copytree(trained["oracle"], tmp_path / "moved" / "oracle")
+    assert invoke(*args).exit_code == 0 and out.exists()  # the same oracle at another path is the same oracle
+    out.unlink()
+    narrow = write_region_store(tmp_path / "narrow.h5", read_games(sample_path("test")), feature_size=8)
+    result = invoke(*predict_args(trained, "--games", sample_path("test"), "--out", out, "--regions", narrow))
+    assert result.exit_code != 0 and "features have size 8 but" in result.output and not out.exists()
     game = json.loads(gzip.open(sample_path("test"), "rt").readline())
     game["object_id"] = 1
     (tmp_path / "no_target.json").write_text(json.dumps(game))
