@@ -89,14 +89,20 @@ def read_split(path: Path, target_vision: bool = True, questions: bool = False) 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such cache file; make one with `pipeline extract`")
-    with h5py.File(path, "r") as h5:
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as error:
+        raise ValueError(f"{path}: cannot open as HDF5 ({error}); is it a cache from `pipeline extract`?") from None
+    with h5:
         attrs = dict(h5.attrs)
         _check_attrs(path, attrs)
         missing = [
             n for n in ("qid", "game_id", "turn", "answer", "target_category", "target_box", "pooled") if n not in h5
         ]
-        if missing or (target_vision and "target_vision" not in h5):
-            raise ValueError(f"{path}: not an oracle cache, missing datasets {missing or ['target_vision']}")
+        if missing:
+            raise ValueError(f"{path}: not an oracle cache, missing datasets {missing}")
+        if target_vision and "target_vision" not in h5:
+            raise ValueError(f"{path}: no target_vision dataset; train with --no-target-vision, or re-extract it")
         columns = {name: h5[name][:] for name in ("qid", "game_id", "turn", "answer", "target_category", "target_box")}
         columns["pooled"] = h5["pooled"][:]
         columns["target_vision"] = h5["target_vision"][:] if target_vision else None

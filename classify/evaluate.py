@@ -95,6 +95,11 @@ def evaluate(
         questions = Questions(split.qid, split.game_id, split.answer, split.question)
     if questions is None:
         raise ValueError("no gold answers: give --cache or --games")
+    if not (np.asarray(questions.answer) >= 0).any():
+        raise ValueError(
+            f"{config.cache or config.games}: no question with a gold answer to score "
+            f"({len(questions.qid)} questions kept; check --status)"
+        )
     columns = {}  # name → (description, predicted labels [N])
     for run, model, checkpoint in models:
         check_split(checkpoint, split, run)
@@ -175,18 +180,23 @@ def parse_label(value: object) -> int:
 
 def read_predictions(path: Path) -> dict[int, int]:
     """qid → label from a `qid,answer` CSV (header optional) or JSONL (objects with qid and answer)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--predictions {path}: no such file")
     with gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8") as handle:
         text = handle.read()
     first = next((line for line in text.splitlines() if line.strip()), "")
     records = _json_records(text, path) if first.lstrip().startswith("{") else _csv_records(text, path)
-    predictions = {}
+    predictions, lines = {}, {}
     for where, qid, answer in records:
         try:
-            predictions[int(qid)] = parse_label(answer)
+            qid, label = int(qid), parse_label(answer)
         except (KeyError, TypeError, ValueError):
             raise ValueError(
                 f"{where}: bad prediction (qid {qid!r}, answer {answer!r}); answers are Yes, No or N/A"
             ) from None
+        if qid in predictions:
+            raise ValueError(f"{where}: a second prediction for qid {qid} (first at {lines[qid]})")
+        predictions[qid], lines[qid] = label, where
     if not predictions:
         raise ValueError(f"{path}: no predictions found")
     return predictions
@@ -235,6 +245,8 @@ def align(predictions: dict[int, int], questions: Questions) -> np.ndarray:
 
 def read_subset(path: Path) -> np.ndarray:
     """qids from a file of one qid per line, or a CSV with a question_id (or qid) column."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--subset {path}: no such file")
     rows = [row for row in csv.reader(io.StringIO(Path(path).read_text(encoding="utf-8"))) if row and row[0].strip()]
     header = [cell.strip().casefold() for cell in rows[0]] if rows else []
     column = next((header.index(k) for k in ("question_id", "qid") if k in header), None)

@@ -5,7 +5,7 @@ A question gets the first type in QUESTION_TYPES whose keywords it contains (att
 keywords ("next to", "traffic light") match as phrases; digits count as numbers. Words in two lists go to the
 earlier type ("orange" is a color).
 
-    question_type("Is it the one on the left?")   # "location"
+    question_type("Is it the one on the left?")   # "location" ("one" is a pronoun here, not a number)
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ LOCATION = """left right middle center centre front behind back background foreg
     edge side near nearest closest close closer far farther farthest furthest next beside besides between
     above below under underneath upper lower outside inside against end row
     ;next to;in front;on top"""
-NUMBER = """one two three four five six seven eight nine ten first second third fourth fifth last only
+NUMBER = """two three four five six seven eight nine ten first second third fourth fifth last only
     alone single pair both number count many several group"""
 # COCO category names (person is a super-category here) and common single-word heads of the two-word ones.
 OBJECT = """bicycle bike car motorcycle motorbike airplane plane bus train truck boat bench bird cat dog
@@ -46,7 +46,8 @@ OBJECT = """bicycle bike car motorcycle motorbike airplane plane bus train truck
     ;tennis racket;wine glass;hot dog;potted plant;dining table;cell phone;teddy bear;hair drier"""
 SUPER_CATEGORY = """person people human man men woman women guy lady boy girl child children kid player
     animal vehicle food furniture appliance electronic electronics accessory accessories kitchen utensil
-    sports outdoor indoor fruit vegetable clothing clothes device dish drink"""
+    sports outdoor indoor fruit vegetable clothing clothes shorts pants jeans shirt jacket coat hat device dish
+    drink"""
 
 QUESTION_TYPES = (
     "color",
@@ -78,7 +79,12 @@ _KEYWORDS = {
 }
 
 
+_KNOWN = frozenset().union(*(words for words, _ in _KEYWORDS.values()))
+
+
 def _singular(token: str) -> tuple[str, ...]:
+    if token in _KNOWN:  # "clothes" is not "cloth", "shorts" not "short"
+        return (token,)
     forms = [token]
     if token.endswith("es"):
         forms.append(token[:-2])

@@ -10,6 +10,7 @@ A checkpoint is `{"spec": OracleSpec dict, "state_dict": tensors, "epoch": int, 
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from torch import nn
 
 from classify.data import SCHEMA_VERSION, Split
 from classify.model import OracleSpec, build_model
+
+log = logging.getLogger(__name__)
 
 CACHE_IDENTITY = ("model", "model_config_hash", "model_weights_hash", "oracle_settings")
 RUN_FILES = ("config.json", "metrics.csv", "best.pt", "last.pt", "train.log", "report.json")
@@ -61,6 +64,12 @@ def load_model(run: Path, device: torch.device | str = "cpu", which: str = "best
 
 def check_split(checkpoint: dict, split: Split, run: Path | str = "the run") -> None:
     """A cache can feed a trained model only with the same schema version and feature size."""
+    categories = checkpoint["spec"].get("num_categories", 0)
+    if checkpoint["spec"].get("target") and len(split.target_category) and split.target_category.max() >= categories:
+        log.warning(
+            "%s: target categories up to %d, but %s knows ids below %d: larger ids share its last embedding",
+            split.source, int(split.target_category.max()), run, categories,
+        )  # fmt: skip
     if checkpoint["schema_version"] != SCHEMA_VERSION:
         raise ValueError(
             f"{run}: trained on cache schema {checkpoint['schema_version']}, this code reads "

@@ -144,6 +144,9 @@ def train(config: TrainConfig, device: str | torch.device) -> TrainResult:
     check_run_dir(config.out, config.overwrite)
     train_split = read_split(config.train, target_vision=config.target_vision)
     valid_split = read_split(config.valid, target_vision=config.target_vision)
+    for split, path in ((train_split, config.train), (valid_split, config.valid)):
+        if not (split.answer >= 0).any():
+            raise ValueError(f"{path}: no question has a gold answer; train and valid caches need answers")
     if valid_split.feature_size != train_split.feature_size:
         raise ValueError(
             f"{config.valid}: {valid_split.feature_size}-d features, but {config.train} has "
@@ -234,6 +237,11 @@ def _train(
     return TrainResult(config.out, best_epoch, best_accuracy, epoch)
 
 
+def dialogue_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over every real, answered turn of the batch: logits [B, T, 3], labels [B, T]."""
+    return F.cross_entropy(logits.view(-1, NUM_CLASSES), labels.view(-1), ignore_index=IGNORE_INDEX)
+
+
 def train_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -256,7 +264,7 @@ def train_epoch(
     for batch in progress:
         batch = batch.to(device)
         logits = model(batch)  # [B, T, 3]
-        loss = F.cross_entropy(logits.view(-1, NUM_CLASSES), batch.labels.view(-1), ignore_index=IGNORE_INDEX)
+        loss = dialogue_loss(logits, batch.labels)
         known = batch.labels != IGNORE_INDEX
         if not known.any():  # a batch whose answers are all unknown teaches nothing (and its loss is NaN)
             continue

@@ -110,6 +110,8 @@ def read_games_lines(lines: Iterable[str], source: str, statuses: set[str] | Non
 
 def _read_lines(path: Path) -> list[str]:
     """The file's lines (gzip or plain; split on \\n only, so U+2028 inside a question stays in its line)."""
+    if not Path(path).is_file():
+        raise GameFileError(f"{path}: no such games file")
     lines: list[str] = []
     try:
         with open(path, "rb") as handle:

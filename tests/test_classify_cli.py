@@ -13,6 +13,7 @@ import torch
 from click.testing import CliRunner
 from test_classify_helpers import write_sample_cache
 
+from classify.data import read_split
 from pipeline import main
 from tests.conftest import sample_path
 
@@ -105,12 +106,16 @@ def test_seed_preset_trains_the_prior_configuration(tmp_path):
     result = _train(caches, tmp_path / "seed", "--preset", "seed")
     assert result.exit_code == 0, result.output
     spec = torch.load(tmp_path / "seed" / "best.pt", weights_only=True)["spec"]
-    assert (spec["hidden"], spec["layers"], spec["target_vision"], spec["answer_feedback"]) == (
-        200,
-        1,
-        False,
-        False,
-    )
+    prior = {
+        "kind": "dialogue",
+        "hidden": 200,
+        "layers": 1,
+        "target_vision": False,
+        "answer_feedback": False,
+        "target": False,
+        "skip": False,
+    }  # fmt: skip  (pooled only → LSTM 200 → one Linear layer)
+    assert {k: spec[k] for k in prior} == prior
 
 
 def test_predictions_scored_against_a_games_file(tmp_path):
@@ -157,6 +162,34 @@ def test_bad_caches_are_one_line_errors(tmp_path):
     wide = write_sample_cache(tmp_path / "wide.h5", "test", features=24)
     line = _one_line_error(_invoke("evaluate", "--run", tmp_path / "run", "--cache", wide, "--device", "cpu"))
     assert "24-d features" in line and "16-d" in line
+
+
+def test_evaluate_refuses_what_it_cannot_score(tmp_path):
+    caches = {split: write_sample_cache(tmp_path / f"{split}.h5", split) for split in ("train", "valid", "test")}
+    assert _train(caches, tmp_path / "run", "--epochs", "1").exit_code == 0
+    checkpoint = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    torch.save({**checkpoint, "schema_version": 0}, tmp_path / "old.pt")
+    line = _one_line_error(_invoke("evaluate", "--run", tmp_path / "old.pt", "--cache", caches["test"]))
+    assert "trained on cache schema 0" in line and "retrain it" in line
+
+    qids = read_split(caches["test"]).qid.tolist()
+    (tmp_path / "p.csv").write_text("qid,answer\n" + "".join(f"{q},yes\n" for q in [*qids, qids[3]]))
+    line = _one_line_error(_invoke("evaluate", "--predictions", tmp_path / "p.csv", "--cache", caches["test"]))
+    assert f"a second prediction for qid {qids[3]}" in line and "p.csv:" in line
+    (tmp_path / "p.csv").write_text("qid,answer\n" + "".join(f"{q},<Yes>\n" for q in qids))
+    scored = _invoke("evaluate", "--predictions", tmp_path / "p.csv", "--cache", caches["test"])
+    assert scored.exit_code == 0, scored.output
+    gold = read_split(caches["test"]).answer
+    report = json.loads((tmp_path / "p.csv.report.json").read_text())
+    assert report["columns"]["p.csv"]["all"]["accuracy"] == pytest.approx(float((gold == 1).mean()))
+
+    unanswered = write_sample_cache(tmp_path / "unanswered.h5", "valid")
+    with h5py.File(unanswered, "r+") as h5:
+        h5["answer"][:] = -1
+    line = _one_line_error(_train({"train": caches["train"], "valid": unanswered}, tmp_path / "blind"))
+    assert "no question has a gold answer" in line and not (tmp_path / "blind").exists()
+    line = _one_line_error(_invoke("evaluate", "--predictions", tmp_path / "p.csv", "--cache", unanswered))
+    assert "no question with a gold answer to score" in line
 
 
 def test_same_seed_gives_identical_metrics(tmp_path):

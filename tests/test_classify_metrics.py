@@ -128,6 +128,10 @@ def test_report_text_shows_every_table_side_by_side():
         ("is it a person?", "super-category"),
         ("is it food?", "super-category"),
         ("can you eat it?", "other"),
+        ("is it the one with the hat?", "super-category"),  # "one" is a pronoun, not a number
+        ("is it clothes?", "super-category"),  # not "cloth" (texture)
+        ("is it the shorts?", "super-category"),  # not "short" (size)
+        ("are they cups?", "object"),
     ],
 )
 def test_question_types(question, kind):
