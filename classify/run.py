@@ -26,8 +26,12 @@ CACHE_IDENTITY = ("model", "model_config_hash", "model_weights_hash", "oracle_se
 RUN_FILES = ("config.json", "metrics.csv", "best.pt", "last.pt", "train.log", "report.json")
 
 
-def save_checkpoint(path: Path, model: nn.Module, epoch: int, metrics: dict, split: Split) -> None:
-    """Write a plain-dict checkpoint to a temporary name, then rename it into place."""
+def save_checkpoint(
+    path: Path, model: nn.Module, epoch: int, metrics: dict, split: Split, training: dict | None = None
+) -> None:
+    """Write a plain-dict checkpoint to a temporary name, then rename it into place.
+
+    `training` (last.pt only) is what `--resume` needs besides the weights: optimizer, RNG states, best so far."""
     checkpoint = {
         "spec": model.spec.to_dict(),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -39,6 +43,8 @@ def save_checkpoint(path: Path, model: nn.Module, epoch: int, metrics: dict, spl
         # which oracle made the caches: predict refuses an oracle whose vectors would differ
         "cache_attrs": {k: str(split.attrs[k]) for k in CACHE_IDENTITY if k in split.attrs},
     }
+    if training is not None:
+        checkpoint["training"] = training
     tmp = path.with_name(path.name + ".tmp")
     torch.save(checkpoint, tmp)
     os.replace(tmp, path)

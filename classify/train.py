@@ -31,6 +31,8 @@ from classify.run import check_run_dir, clear_run_dir, load_model, save_checkpoi
 
 log = logging.getLogger(__name__)
 
+# Options that may differ between a stopped run and its --resume: they change nothing already trained.
+RESUMABLE_CHANGES = ("epochs", "patience", "device", "resume", "overwrite")
 # The prior system's dialogue LSTM (DESIGN.md "Reference facts"), trained here with a correct loss.
 SEED_PRESET = {
     "model": "dialogue",
@@ -94,6 +96,10 @@ class TrainConfig:
     seed: int = field(default=0, metadata={"help": "Seed for initialisation, dropout and shuffling."})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N."})
     overwrite: bool = field(default=False, metadata={"help": "Replace the run files in an existing --out."})
+    resume: bool = field(
+        default=False,
+        metadata={"help": "Continue a stopped run in --out from last.pt (same options; --epochs may grow)."},
+    )
 
     def __post_init__(self) -> None:
         if self.preset == "seed":
@@ -112,6 +118,8 @@ class TrainConfig:
             raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError("--lr must be > 0, --weight-decay and --grad-clip >= 0")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume continues a run, --overwrite starts it again: give one of them")
 
     def spec(self, feature_size: int, num_categories: int) -> OracleSpec:
         return OracleSpec(
@@ -141,7 +149,8 @@ def train(config: TrainConfig, device: str | torch.device) -> TrainResult:
 
     Inputs are checked before anything is written: a bad cache leaves no half-made run directory.
     """
-    check_run_dir(config.out, config.overwrite)
+    if not config.resume:
+        check_run_dir(config.out, config.overwrite)
     train_split = read_split(config.train, target_vision=config.target_vision)
     valid_split = read_split(config.valid, target_vision=config.target_vision)
     for split, path in ((train_split, config.train), (valid_split, config.valid)):
@@ -153,7 +162,10 @@ def train(config: TrainConfig, device: str | torch.device) -> TrainResult:
             f"{train_split.feature_size}-d; extract both with the same model"
         )
     model = _build(config, train_split)
-    clear_run_dir(config.out, config.overwrite)
+    if config.resume:
+        _check_resumable(config)
+    else:
+        clear_run_dir(config.out, config.overwrite)
     handler = logging.FileHandler(config.out / "train.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     logging.getLogger("classify").addHandler(handler)
@@ -182,42 +194,58 @@ def _build(config: TrainConfig, train_split: Split) -> nn.Module:
 def _train(
     config: TrainConfig, model: nn.Module, train_split: Split, valid_split: Split, device: torch.device
 ) -> TrainResult:
-    _write_config(config, model, train_split, valid_split, device)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # not a frozen --base
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    rng = np.random.default_rng(config.seed)
+    best_accuracy, best_epoch, done = -1.0, 0, 0
+    if config.resume:
+        best_accuracy, best_epoch, done = _restore(config, model, optimizer, rng, device)
+    else:
+        _write_config(config, model, train_split, valid_split, device)
     log.info(
-        "%s model, %d parameters (%d trained); train %d games / %d questions, valid %d games / %d questions",
+        "%s model, %d parameters (%d trained); train %d games / %d questions, valid %d games / %d questions%s",
         config.model,
         sum(p.numel() for p in model.parameters()),
-        sum(p.numel() for p in model.parameters() if p.requires_grad),
+        sum(p.numel() for p in trainable),
         train_split.num_games,
         len(train_split.qid),
         valid_split.num_games,
         len(valid_split.qid),
+        f"; resuming after epoch {done}" if done else "",
     )
-    trainable = [p for p in model.parameters() if p.requires_grad]  # not a frozen --base
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
-    rng = np.random.default_rng(config.seed)
-    best_accuracy, best_epoch, epoch = -1.0, 0, 0
-    with open(config.out / "metrics.csv", "w", newline="", encoding="utf-8") as handle:
+    epoch = done
+    with open(config.out / "metrics.csv", "a" if done else "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=METRICS)
-        writer.writeheader()
-        for epoch in range(1, config.epochs + 1):
+        if not done:
+            writer.writeheader()
+        for epoch in range(done + 1, config.epochs + 1):
+            if epoch - best_epoch > config.patience:
+                break  # a resumed run that had already stopped early
             started = time.perf_counter()
             train_loss, train_accuracy = train_epoch(model, optimizer, train_split, config, rng, device, epoch)
             valid = validate(model, valid_split, config.batch_size * 4, device)
+            seconds = round(time.perf_counter() - started, 2)
             row = {
                 "epoch": epoch,
                 "train_loss": train_loss,
                 "train_accuracy": train_accuracy,
                 **valid,
-                "seconds": round(time.perf_counter() - started, 2),
+                "seconds": seconds,
             }
             writer.writerow(row)
             handle.flush()
-            save_checkpoint(config.out / "last.pt", model, epoch, row, train_split)
             improved = valid["valid_accuracy_own"] > best_accuracy
             if improved:
                 best_accuracy, best_epoch = valid["valid_accuracy_own"], epoch
                 save_checkpoint(config.out / "best.pt", model, epoch, row, train_split)
+            training = {
+                "optimizer": optimizer.state_dict(),
+                "rng": rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(),
+                "best_accuracy": best_accuracy,
+                "best_epoch": best_epoch,
+            }
+            save_checkpoint(config.out / "last.pt", model, epoch, row, train_split, training)
             log.info(
                 "epoch %d: train loss %.4f acc %.4f | valid loss %.4f, acc gold-history %.4f "
                 "own-answers %.4f%s (%.1fs)",
@@ -235,6 +263,35 @@ def _train(
                 break
     log.info("best epoch %d: valid own-answer accuracy %.4f; run in %s", best_epoch, best_accuracy, config.out)
     return TrainResult(config.out, best_epoch, best_accuracy, epoch)
+
+
+def _check_resumable(config: TrainConfig) -> None:
+    """A stopped run with the same options (but RESUMABLE_CHANGES) must be in `config.out`."""
+    if not (config.out / "last.pt").is_file() or not (config.out / "config.json").is_file():
+        raise FileNotFoundError(f"--out {config.out}: no run to resume (last.pt, config.json); drop --resume")
+    before = json.loads((config.out / "config.json").read_text(encoding="utf-8"))["config"]
+    now = _config_values(config)
+    changed = [k for k in now if k not in RESUMABLE_CHANGES and before.get(k) != now[k]]
+    if changed:
+        names = ", ".join("--" + k.replace("_", "-") for k in changed)
+        raise ValueError(f"--out {config.out}: the run was trained with other {names}; resume with the same options")
+
+
+def _restore(
+    config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer, rng: np.random.Generator, device
+) -> tuple[float, int, int]:
+    """Load last.pt's weights and training state; drop metric rows of epochs it does not hold."""
+    checkpoint = torch.load(config.out / "last.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(checkpoint["state_dict"])
+    training = checkpoint["training"]
+    optimizer.load_state_dict(training["optimizer"])
+    rng.bit_generator.state = training["rng"]
+    torch.set_rng_state(training["torch_rng"])
+    done = int(checkpoint["epoch"])
+    metrics = config.out / "metrics.csv"
+    header, *rows = metrics.read_text(encoding="utf-8").splitlines(keepends=True)
+    metrics.write_text(header + "".join(r for r in rows if int(r.split(",")[0]) <= done), encoding="utf-8")
+    return float(training["best_accuracy"]), int(training["best_epoch"]), done
 
 
 def dialogue_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -303,12 +360,15 @@ def validate(model: nn.Module, split: Split, batch_size: int, device: torch.devi
     }
 
 
+def _config_values(config: TrainConfig) -> dict:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(config).items()}
+
+
 def _write_config(
     config: TrainConfig, model: nn.Module, train_split: Split, valid_split: Split, device: torch.device
 ) -> None:
-    values = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(config).items()}
     record = {
-        "config": values,
+        "config": _config_values(config),
         "spec": model.spec.to_dict(),
         "device": str(device),
         "torch": torch.__version__,

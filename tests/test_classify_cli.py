@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 from pathlib import Path
 
@@ -222,3 +223,42 @@ def test_dialogue_model_built_on_a_frozen_turn_run(tmp_path):
     assert "--base" in line and "hidden 16 vs 8" in line and not (tmp_path / "wide").exists()
     line = _one_line_error(_train(caches, tmp_path / "t2", "--base", tmp_path / "turn", "--model", "turn"))
     assert "--base is for the dialogue model" in line
+
+
+def test_stopped_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    caches = {split: write_sample_cache(tmp_path / f"{split}.h5", split) for split in ("train", "valid")}
+    common = ["--epochs", "4", "--patience", "10", "--batch-size", "2"]  # several batches: shuffling matters
+    assert _train(caches, tmp_path / "full", *common).exit_code == 0
+
+    train_module = importlib.import_module("classify.train")  # `classify.train` is also the package's function
+    real_epoch = train_module.train_epoch
+
+    def dies_in_epoch_3(*args, **kwargs):
+        if args[-1] == 3:  # the epoch number
+            raise RuntimeError("killed")
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_epoch", dies_in_epoch_3)
+    stopped = _train(caches, tmp_path / "stopped", *common)
+    assert isinstance(stopped.exception, RuntimeError)
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "stopped" / "last.pt", weights_only=True)["epoch"] == 2
+
+    line = _one_line_error(_train(caches, tmp_path / "stopped", *common, "--lr", "0.1", "--resume"))
+    assert "other --lr" in line
+    line = _one_line_error(_train(caches, tmp_path / "nothing", *common, "--resume"))
+    assert "no run to resume" in line
+    resumed = _train(caches, tmp_path / "stopped", *common, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+
+    def metrics(run):
+        return [
+            {k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader((run / "metrics.csv").open())
+        ]
+
+    assert len(metrics(tmp_path / "full")) == 4 and metrics(tmp_path / "stopped") == metrics(tmp_path / "full")
+    for which in ("last.pt", "best.pt"):
+        a, b = (torch.load(tmp_path / run / which, weights_only=True) for run in ("full", "stopped"))
+        assert a["epoch"] == b["epoch"] and all(
+            torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"]
+        )
