@@ -7,10 +7,12 @@ epoch time with the same model (`--preset seed`, 64 games per batch) and with th
 and the peak resident memory against the cache size. Goals on 2 CPU cores: ratio ≥ 50, our epoch ≤ 60 s,
 peak ≤ 2× cache.
 
-Measured on the 2-core development machine (torch 2.13 CPU, full size, a quiet moment): prior loop 402 s
-(≈ 4.2 ms per game from memory), ours with the same model 28 s, ratio 14×; default model 52 s; peak RSS
-1.93 GiB = 1.30× the 1.49 GiB cache. Ours is compute-bound (≈ 80 GFLOP/s of LSTM matmuls on 2 cores), so
-≥ 50× is out of reach on this CPU against a loop that reads its games from memory.
+Measured on the 2-core development machine (torch 2.13 CPU, full size, idle, 2026-12-04): prior loop 269 s
+(≈ 2.8 ms per game from memory), ours with the same model 30.7 s, ratio 9× (an earlier, noisier run: 402 s vs
+28 s, 14×); default model 78 s; peak RSS 2.00 GiB = 1.34× the 1.49 GiB cache. Ours is compute-bound (≈ 75-80
+GFLOP/s of LSTM matmuls on 2 cores, fp32; bf16 is slower on this CPU), while the prior loop spends most of its
+time in per-step overhead; ≥ 50× would need ours under 6 s, below what these FLOPs take on 2 cores. On a GPU
+the same epoch is a few seconds.
 
     python benchmarks/train_bench.py                 # full size (writes a 1.5 GB cache to a temp dir)
     python benchmarks/train_bench.py --games 5000    # quick
