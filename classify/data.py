@@ -114,7 +114,9 @@ def read_split(path: Path, target_vision: bool = True, questions: bool = False) 
 
 def _check_attrs(path: Path, attrs: dict) -> None:
     version = attrs.get("schema_version")
-    if version is None or int(version) != SCHEMA_VERSION:
+    if version is None:
+        raise ValueError(f"{path}: not an oracle cache (no schema_version attribute); make one with `pipeline extract`")
+    if int(version) != SCHEMA_VERSION:
         raise ValueError(
             f"{path}: cache schema version {version}, this code reads version {SCHEMA_VERSION}; "
             "re-extract it with this version of `pipeline extract`"

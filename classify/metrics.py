@@ -90,17 +90,14 @@ def score(
     classes, f1s = {}, []
     for k, label in enumerate(LABELS):
         true_positive, gold_k, predicted_k = confusion[k, k], confusion[k].sum(), confusion[:, k].sum()
-        precision = true_positive / predicted_k if predicted_k else 0.0
-        recall = true_positive / gold_k if gold_k else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        classes[label] = {
-            "precision": float(precision),
-            "recall": float(recall),
-            "f1": float(f1),
-            "support": int(gold_k),
-        }
+        # undefined (None, printed "-") where nothing was predicted / nothing is gold; F1 counts those as 0
+        precision = float(true_positive / predicted_k) if predicted_k else None
+        recall = float(true_positive / gold_k) if gold_k else None
+        f1 = None
         if gold_k or predicted_k:  # macro-F1 over the classes that occur (in gold or predictions)
+            f1 = float(2 * true_positive / (gold_k + predicted_k))  # = 2PR / (P + R)
             f1s.append(f1)
+        classes[label] = {"precision": precision, "recall": recall, "f1": f1, "support": int(gold_k)}
     tables = {
         "questions": int(keep.sum()),
         "accuracy": _accuracy(g, p),

@@ -149,7 +149,8 @@ def _prepare_parts(config: ExtractConfig, meta: dict, rank: int) -> Path:
     if config.out.is_dir():
         raise IsADirectoryError(f"--out {config.out}: is a directory; give a file name such as cache/valid.h5")
     if config.out.exists() and not config.overwrite:
-        raise FileExistsError(f"{config.out}: output exists; pass --overwrite to replace it")
+        finished = " and is complete (nothing to resume)" if config.resume and not parts.exists() else ""
+        raise FileExistsError(f"{config.out}: output exists{finished}; pass --overwrite to replace it")
     meta_path = parts / "meta.json"
     if parts.exists() and config.resume and meta_path.is_file():
         if json.loads(meta_path.read_text()) != meta:

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import base64
 import csv
+import json
 import logging
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import h5py
 import numpy as np
@@ -150,7 +153,15 @@ def import_tsv(config: ImportTsvConfig) -> tuple[int, int]:
     target = out if append else out.with_name(out.name + ".partial")
     csv.field_size_limit(sys.maxsize)  # the base64 feature column is ~400 KB per row
     added = present = 0
+    sources = json.dumps([str(p.resolve()) for p in tsv_paths])
+    if not append and target.exists():  # a stopped import: continue it, but only with the same files
+        with h5py.File(target, "r") as h5:
+            if h5.attrs.get("source_tsv") != sources:
+                raise RegionError(f"{target}: a stopped import of other TSV files; rerun it with those, or delete it")
+            log.info("%s: continuing a stopped import (%d images already there)", target, len(h5))
     with h5py.File(target, "a") as h5:
+        if not append:
+            h5.attrs["source_tsv"] = sources
         for path in tsv_paths:
             counts = _import_file(h5, path)
             added, present = added + counts[0], present + counts[1]
@@ -162,19 +173,26 @@ def import_tsv(config: ImportTsvConfig) -> tuple[int, int]:
 
 def _import_file(h5: h5py.File, path: Path) -> tuple[int, int]:
     """One TSV into an open store, row by row: (images added, images already present)."""
-    added = present = number = 0
-    with open(path, newline="", encoding="utf-8") as handle, tqdm(desc=f"import {path.name}", unit="img") as bar:
-        try:
-            for number, row in enumerate(csv.DictReader(handle, fieldnames=TSV_FIELDS, delimiter="\t"), start=1):
-                if row["img_id"] in h5 and "boxes" in h5[row["img_id"]]:
-                    present += 1
-                else:
-                    _write_row(h5, row, f"{path}:{number}")
-                    added += 1
-                bar.update()
-        except UnicodeDecodeError:
-            raise RegionError(f"{path}:{number + 1}: not UTF-8 text; is this an LXMERT obj36 TSV?") from None
+    added = present = 0
+    with open(path, "rb") as handle, tqdm(desc=f"import {path.name}", unit="img") as bar:
+        rows = csv.DictReader(_text_lines(handle, path), fieldnames=TSV_FIELDS, delimiter="\t")
+        for number, row in enumerate(rows, start=1):
+            if row["img_id"] in h5 and "boxes" in h5[row["img_id"]]:
+                present += 1
+            else:
+                _write_row(h5, row, f"{path}:{number}")
+                added += 1
+            bar.update()
     return added, present
+
+
+def _text_lines(handle: BinaryIO, path: Path) -> Iterator[str]:
+    """Lines decoded one at a time, so a line that is not UTF-8 is named by its number."""
+    for number, line in enumerate(handle, start=1):
+        try:
+            yield line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise RegionError(f"{path}:{number}: not UTF-8 text; is this an LXMERT obj36 TSV?") from None
 
 
 def _write_row(h5: h5py.File, row: dict, where: str) -> None:

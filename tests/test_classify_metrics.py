@@ -58,6 +58,18 @@ def test_overall_classes_and_confusion_by_hand():
     assert scores["macro_f1"] == pytest.approx((20 / 24 + 2 / 3 + 0) / 3)
 
 
+def test_a_class_that_occurs_nowhere_is_undefined_not_zero():
+    gold = Questions(qid=[1, 2, 3], game_id=[1, 1, 1], answer=[NO, YES, NO], question=["is it red?"] * 3)
+    scores = score(gold, np.array([NO, NO, NO]))  # no N/A in gold or predictions; Yes never predicted
+    na, yes = scores["classes"]["N/A"], scores["classes"]["Yes"]
+    assert (na["precision"], na["recall"], na["f1"]) == (None, None, None)
+    assert (yes["precision"], yes["recall"], yes["f1"]) == (None, 0.0, 0.0)
+    assert scores["macro_f1"] == pytest.approx((0.8 + 0.0) / 2)  # No: P 2/3, R 1 → F1 0.8
+    assert [
+        line.split()[-1] for line in format_report([("all no", scores)]).splitlines() if line.startswith("N/A ")
+    ] == ["-"] * 3
+
+
 def test_accuracy_by_turn_previous_answer_earlier_yes_and_type_by_hand():
     scores = score(QUESTIONS, PREDICTED)
     expected_turns = {"1": (3, 1.0), "2": (3, 1 / 3), "3": (2, 0.5), "4": (2, 1.0), ">=10": (1, 0.0)}

@@ -54,3 +54,14 @@ def test_config_validation_is_a_usage_error(tmp_path) -> None:
         ["extract", "--games", "g", "--regions", "r", "--out", str(tmp_path / "o.h5"), "--batch-size", "0"],
     )
     assert result.exit_code == 2 and "--batch-size must be ≥ 1" in result.output
+
+
+def test_interrupt_says_how_to_continue(tmp_path, monkeypatch) -> None:
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("extract.job.run_extract", interrupted)
+    args = ["extract", "--games", "g.jsonl", "--regions", "r.h5", "--out", str(tmp_path / "o.h5"), "--device", "cpu"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 130 and "Interrupted. Finished work is kept" in result.output
+    assert "rerun the same command with --resume" in result.output and "Traceback" not in result.output

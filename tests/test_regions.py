@@ -78,6 +78,19 @@ def test_existing_store_needs_append_and_bad_rows_name_the_line(tmp_path: Path) 
     with pytest.raises(RegionError, match=r"bad\.tsv:2: cannot decode"):
         import_tsv([tmp_path / "bad.tsv"], tmp_path / "r2.h5")
     assert not (tmp_path / "r2.h5").exists()
+    # the stopped import is kept, continued only with the same files, and finished when they are fixed
+    with pytest.raises(RegionError, match="a stopped import of other TSV files"):
+        import_tsv([tmp_path / "a.tsv"], tmp_path / "r2.h5")
+    (tmp_path / "bad.tsv").write_text(line + "\n")
+    assert import_tsv([tmp_path / "bad.tsv"], tmp_path / "r2.h5") == (0, 1)  # row 1 was already in
+    assert not (tmp_path / "r2.h5.partial").exists() and "COCO_val2014_000000000002" in RegionStore(tmp_path / "r2.h5")
+
+
+def test_a_tsv_that_is_not_text_names_its_line(tmp_path: Path) -> None:
+    line, _, _ = tsv_row("COCO_val2014_000000000002", 2, np.random.default_rng(0), feature_size=4)
+    (tmp_path / "binary.tsv").write_bytes(line.encode() + b"\n\xff\xfe\x00garbage\n")
+    with pytest.raises(RegionError, match=r"binary\.tsv:2: not UTF-8 text"):
+        import_tsv([tmp_path / "binary.tsv"], tmp_path / "r.h5")
 
 
 def test_missing_image_is_a_clear_error(tmp_path: Path) -> None:
