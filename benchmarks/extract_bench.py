@@ -1,8 +1,13 @@
 """Stage-one throughput: our batched extractor vs the prior per-question loop, in one run.
 
-A randomly initialised LXMERT of base size (hidden 768, 9/5/5 layers), synthetic games with 36 regions of 2048-d
-features. Prints questions/s of a batch-1 loop (how the prior system extracted), of our `Encoder.encode`, and the
-ratio; on CUDA also bf16 questions/s. Goal on 2 CPU cores: ratio ≥ 3.5; on one H200-class GPU: ≥ 5,000 q/s bf16.
+A randomly initialised LXMERT of base size (hidden 768, 9/5/5 layers), synthetic games of 5 questions (GuessWhat
+averages 5.2) sharing 36 regions of 2048-d features. Prints questions/s of a batch-1 loop (how the prior system
+extracted), of our `Encoder.encode`, and the ratio; on CUDA also bf16 questions/s. Goal on 2 CPU cores: ratio
+≥ 3.5; on one H200-class GPU: ≥ 5,000 q/s bf16.
+
+Measured on the 2-core development machine, idle (2026-12-04): prior loop 6.0-7.3 q/s, ours 23.7-24.5 q/s,
+ratio 3.4-4.0x. Batching alone gave 17 q/s (2.5-2.8x); running the vision layers once per game (extract.vision)
+gave the rest.
 
     python benchmarks/extract_bench.py --questions 200
 """
@@ -23,14 +28,16 @@ from extract.encoder import Encoder, Example, OracleSettings, Visual, collate, l
 WORDS = "is it a the on left right red blue cup dog person in front of car white black one near table".split()
 
 
-def make_examples(n: int, rng: np.random.Generator) -> list[Example]:
+def make_examples(n: int, rng: np.random.Generator, per_game: int = 5) -> list[Example]:
+    """`n` questions in games of `per_game` (GuessWhat: 5.2 on average) that share their regions and target."""
     examples = []
-    for _ in range(n):
-        question = " ".join(rng.choice(WORDS, size=rng.integers(3, 12))) + " ?"
+    for start in range(0, n, per_game):
         x1y1 = rng.uniform(0, 0.7, size=(36, 2))
         boxes = np.concatenate([x1y1, x1y1 + rng.uniform(0.05, 0.3, size=(36, 2))], axis=1).astype(np.float32)
-        features = rng.normal(size=(36, 2048)).astype(np.float32)
-        examples.append(Example(question, Visual(features, boxes)))
+        visual = Visual(rng.normal(size=(36, 2048)).astype(np.float32), boxes)
+        for _ in range(min(per_game, n - start)):
+            question = " ".join(rng.choice(WORDS, size=rng.integers(3, 12))) + " ?"
+            examples.append(Example(question, visual))
     return examples
 
 

@@ -26,6 +26,7 @@ from transformers import AutoTokenizer, LxmertModel
 
 from extract.games import LABELS, Game
 from extract.regions import ImageRegions, RegionError, open_h5
+from extract.vision import vision_once
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +181,8 @@ def collate(examples: list[Example], tokenizer: object, max_length: int) -> dict
     boxes = torch.zeros(len(examples), k, 4)
     visual_mask = torch.zeros(len(examples), k, dtype=torch.long)
     target_slot = torch.empty(len(examples), dtype=torch.long)
+    groups: dict[int, int] = {}  # one group per distinct Visual object (a game's questions share one)
+    visual_group = torch.tensor([groups.setdefault(id(e.visual), len(groups)) for e in examples])
     for i, e in enumerate(examples):
         n = e.visual.features.shape[0]
         features[i, :n] = torch.from_numpy(e.visual.features)
@@ -194,26 +197,35 @@ def collate(examples: list[Example], tokenizer: object, max_length: int) -> dict
         "visual_pos": boxes,
         "visual_attention_mask": visual_mask,
         "target_slot": target_slot,
+        "visual_group": visual_group,
     }
 
 
 def lxmert_forward(
-    model: LxmertModel, batch: dict[str, torch.Tensor], marker: torch.Tensor | None = None
+    model: LxmertModel, batch: dict[str, torch.Tensor], marker: torch.Tensor | None = None, share_vision: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """pooled [B, H] and the target slot's vision output [B, H]; `marker` [D] is added to the target's features."""
+    """pooled [B, H] and the target slot's vision output [B, H]; `marker` [D] is added to the target's features.
+
+    `share_vision` (inference): the vision layers run once per distinct visual input (`extract.vision`)."""
     rows = torch.arange(batch["target_slot"].shape[0], device=batch["target_slot"].device)
     features = batch["visual_feats"]
     if marker is not None:
         features = features.clone()
         features[rows, batch["target_slot"]] += marker
-    out = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        token_type_ids=batch["token_type_ids"],
-        visual_feats=features,
-        visual_pos=batch["visual_pos"],
-        visual_attention_mask=batch["visual_attention_mask"],
-    )
+    inputs = {
+        "input_ids": batch["input_ids"],
+        "attention_mask": batch["attention_mask"],
+        "token_type_ids": batch["token_type_ids"],
+        "visual_feats": features,
+        "visual_pos": batch["visual_pos"],
+        "visual_attention_mask": batch["visual_attention_mask"],
+    }
+    if share_vision:
+        mask, group = batch["visual_attention_mask"], batch["visual_group"]
+        with vision_once(model.encoder, features, batch["visual_pos"], mask, group):
+            out = model(**inputs)
+    else:
+        out = model(**inputs)
     return out.pooled_output, out.vision_output[rows, batch["target_slot"]]
 
 
@@ -272,9 +284,18 @@ class Encoder:
 
     @torch.inference_mode()
     def encode(self, examples: list[Example], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-        """Encode in batches of similar question length; rows come back in the order given."""
+        """Encode in batches; rows come back in the order given.
+
+        Questions that share a visual input (a game's) stay together, so its vision layers run once; games
+        are ordered by their longest question, so a batch pads its questions to similar lengths."""
         lengths = [len(self.tokenizer.tokenize(e.question)) for e in examples]
-        order = np.argsort(lengths, kind="stable")
+        first, longest = {}, {}  # per visual input: its first example, its longest question
+        for i, (e, n) in enumerate(zip(examples, lengths, strict=True)):
+            first.setdefault(id(e.visual), i)
+            longest[id(e.visual)] = max(longest.get(id(e.visual), 0), n)
+        order = sorted(
+            range(len(examples)), key=lambda i: (longest[id(examples[i].visual)], first[id(examples[i].visual)], i)
+        )
         pooled = np.empty((len(examples), self.hidden_size), dtype=np.float32)
         vision = np.empty_like(pooled)
         for start in range(0, len(order), batch_size):
@@ -282,7 +303,7 @@ class Encoder:
             batch = collate([examples[i] for i in index], self.tokenizer, self.settings.max_length)
             batch = {k: v.to(self.device) for k, v in batch.items()}
             with torch.autocast("cuda", dtype=self.dtype, enabled=self.dtype is not None):
-                p, v = lxmert_forward(self.model, batch, self.marker)
+                p, v = lxmert_forward(self.model, batch, self.marker, share_vision=True)
             pooled[index] = p.float().cpu().numpy()
             vision[index] = v.float().cpu().numpy()
         return pooled, vision

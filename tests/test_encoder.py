@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from extract.encoder import Encoder, Example, TargetFeatures, inject_target, iou
+from extract.encoder import Encoder, Example, TargetFeatures, collate, inject_target, iou, lxmert_forward
 from extract.games import Game, Object, Turn
 from extract.regions import ImageRegions, RegionStore
 
@@ -70,6 +70,27 @@ def test_batched_encoding_equals_one_at_a_time(tiny_lxmert: Path, sample_games: 
     assert pooled.shape == (len(examples), 32) and not np.allclose(pooled[0], pooled[1])
 
 
+def test_vision_run_once_per_game_equals_lxmert_own_forward(
+    tiny_lxmert: Path, sample_games: dict, sample_regions: Path
+) -> None:
+    encoder = Encoder.load(str(tiny_lxmert))
+    store = RegionStore(sample_regions)
+    examples = [
+        Example(t.question, visual)
+        for g in sample_games["test"][:3]
+        for visual in [inject_target(g, store[g.image])]
+        for t in g.turns
+    ]
+    batch = collate(examples, encoder.tokenizer, 32)
+    assert len(set(batch["visual_group"].tolist())) == 3 < len(examples)
+    with torch.inference_mode():
+        shared = lxmert_forward(encoder.model, batch, share_vision=True)
+        plain = lxmert_forward(encoder.model, batch)
+    for ours, theirs in zip(shared, plain, strict=True):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    assert len(encoder.model.encoder.r_layers) == 1  # the vision layers are back in place
+
+
 def test_questions_truncated_at_32_tokens(tiny_lxmert: Path, sample_regions: Path, sample_games: dict) -> None:
     encoder = Encoder.load(str(tiny_lxmert))
     game = sample_games["test"][0]
@@ -83,23 +104,32 @@ def test_questions_truncated_at_32_tokens(tiny_lxmert: Path, sample_regions: Pat
     assert not np.allclose(pooled(words[:29] + ["is"]), pooled(words[:29] + ["it"]), atol=1e-4)  # word 30 is read
 
 
-def test_batches_hold_questions_of_similar_length(tiny_lxmert: Path, sample_regions: Path, sample_games: dict) -> None:
+def test_batches_keep_games_together_and_similar_lengths(
+    tiny_lxmert: Path, sample_regions: Path, sample_games: dict
+) -> None:
     encoder = Encoder.load(str(tiny_lxmert))
-    game = sample_games["test"][0]
-    visual = inject_target(game, RegionStore(sample_regions)[game.image])
+    store = RegionStore(sample_regions)
+    visuals = [inject_target(g, store[g.image]) for g in sample_games["test"][:4]]  # four games
     short, long = "is it?", " ".join(["is it"] * 10)
-    examples = [Example(short if i % 2 else long, visual) for i in range(8)]
-    widths = []
-    hook = encoder.model.register_forward_hook(
-        lambda module, args, kwargs, out: widths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
-    )
+    examples = [Example(short if game % 2 == 0 else long, visuals[game]) for game in range(4) for _ in range(2)]
+    widths, vision_rows = [], []
+    hooks = [
+        encoder.model.register_forward_hook(
+            lambda module, args, kwargs, out: widths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+        ),
+        encoder.model.encoder.r_layers[0].register_forward_hook(lambda m, args, out: vision_rows.append(len(args[0]))),
+    ]
     try:
-        pooled, _ = encoder.encode(examples, batch_size=4)
+        pooled, vision = encoder.encode(examples, batch_size=4)
     finally:
-        hook.remove()
-    assert sorted(widths) == [5, 22]  # one batch of short questions, one of long ones: little padding
-    np.testing.assert_allclose(pooled[1], pooled[3], atol=1e-5)  # rows still come back in the order given
-    assert not np.allclose(pooled[0], pooled[1])
+        for hook in hooks:
+            hook.remove()
+    assert sorted(widths) == [5, 22]  # the two short games in one batch, the two long ones in the other
+    assert vision_rows == [2, 2]  # vision layers once per game, not once per question
+    for i in (0, 3, 6):  # rows come back in the order given, equal to one question at a time
+        alone_pooled, alone_vision = encoder.encode([examples[i]])
+        np.testing.assert_allclose(pooled[i], alone_pooled[0], atol=1e-5)
+        np.testing.assert_allclose(vision[i], alone_vision[0], atol=1e-5)
 
 
 @pytest.mark.cuda
