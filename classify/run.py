@@ -72,10 +72,14 @@ def check_split(checkpoint: dict, split: Split, run: Path | str = "the run") -> 
     """A cache can feed a trained model only with the same schema version and feature size."""
     categories = checkpoint["spec"].get("num_categories", 0)
     if checkpoint["spec"].get("target") and len(split.target_category) and split.target_category.max() >= categories:
+        largest = int(split.target_category.max())
         log.warning(
             "%s: target categories up to %d, but %s knows ids below %d: larger ids share its last embedding",
-            split.source, int(split.target_category.max()), run, categories,
-        )  # fmt: skip
+            split.source,
+            largest,
+            run,
+            categories,
+        )
     if checkpoint["schema_version"] != SCHEMA_VERSION:
         raise ValueError(
             f"{run}: trained on cache schema {checkpoint['schema_version']}, this code reads "
