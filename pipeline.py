@@ -114,7 +114,10 @@ def resolve_device(name: str) -> str:
 
 
 RESUME_HINTS = {
-    **dict.fromkeys(("extract", "finetune", "train"), " Finished work is kept: rerun the same command with --resume."),
+    **dict.fromkeys(
+        ("extract", "finetune", "train"),
+        " Work finished so far is kept: rerun the same command with --resume to continue from it.",
+    ),
     "demo": " Finished steps are kept: rerun the same command to continue.",
     "regions": " Imported images are kept in OUT.partial: rerun the same command to continue.",
 }

@@ -77,6 +77,8 @@ class EvaluateConfig:
 
     def report_path(self) -> Path:
         if self.out is not None:
+            if self.out.is_dir():
+                raise IsADirectoryError(f"--out {self.out}: is a directory; give a file name such as report.json")
             return self.out
         if self.run:
             return Path(self.run[0]) / "report.json"

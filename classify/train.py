@@ -32,7 +32,7 @@ from classify.run import check_run_dir, clear_run_dir, load_model, save_checkpoi
 log = logging.getLogger(__name__)
 
 # Options that may differ between a stopped run and its --resume: they change nothing already trained.
-RESUMABLE_CHANGES = ("epochs", "patience", "device", "resume", "overwrite")
+RESUMABLE_CHANGES = ("out", "epochs", "patience", "device", "resume", "overwrite")
 # The prior system's dialogue LSTM (DESIGN.md "Reference facts"), trained here with a correct loss.
 SEED_PRESET = {
     "model": "dialogue",

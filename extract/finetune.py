@@ -350,12 +350,12 @@ def run_finetune(
     torch.manual_seed(config.seed)
     store = RegionStore(config.regions)
     targets = TargetFeatures(config.target_features) if config.target_features else None
+    valid = _questions(config.valid, config, store, targets)
+    train = _questions(config.train, config, store, targets)
     lxmert, tokenizer, _, _ = load_lxmert(config.model)
     settings = OracleSettings(config.max_length, config.marker, config.head, "file" if targets else "nearest")
     check_oracle_inputs(config.model, lxmert.config.visual_feat_dim, OracleSettings(), store, targets)
     dtype = autocast_dtype(device, config.precision)
-    valid = _questions(config.valid, config, store, targets)
-    train = _questions(config.train, config, store, targets)
     model = SingleTurnOracle(lxmert, config.head, config.marker).to(device)
     resuming = _prepare_out(config) if rank == 0 else config.resume
     barrier()

@@ -153,10 +153,12 @@ def _prepare_parts(config: ExtractConfig, meta: dict, rank: int) -> Path:
         raise FileExistsError(f"{config.out}: output exists{finished}; pass --overwrite to replace it")
     meta_path = parts / "meta.json"
     if parts.exists() and config.resume and meta_path.is_file():
-        if json.loads(meta_path.read_text()) != meta:
+        before = json.loads(meta_path.read_text())
+        changed = sorted(k for k in meta.keys() | before.keys() if before.get(k) != meta.get(k))
+        if changed:
             raise ValueError(
-                f"{parts}: the partial run used other inputs or settings (games, model, target features, "
-                "precision, chunking); rerun them, or use --overwrite to start again"
+                f"{parts}: the partial run had other {', '.join(changed)}; resume with the same inputs and "
+                "options, or use --overwrite to start again"
             )
         return parts
     if parts.exists() and not (config.resume or config.overwrite):

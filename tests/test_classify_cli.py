@@ -172,6 +172,8 @@ def test_evaluate_refuses_what_it_cannot_score(tmp_path):
     torch.save({**checkpoint, "schema_version": 0}, tmp_path / "old.pt")
     line = _one_line_error(_invoke("evaluate", "--run", tmp_path / "old.pt", "--cache", caches["test"]))
     assert "trained on cache schema 0" in line and "retrain it" in line
+    line = _one_line_error(_invoke("evaluate", "--run", tmp_path / "run", "--cache", caches["test"], "--out", tmp_path))
+    assert "is a directory" in line and not list(tmp_path.glob("*.tmp"))
 
     qids = read_split(caches["test"]).qid.tolist()
     (tmp_path / "p.csv").write_text("qid,answer\n" + "".join(f"{q},yes\n" for q in [*qids, qids[3]]))
@@ -248,7 +250,8 @@ def test_stopped_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     assert "other --lr" in line
     line = _one_line_error(_train(caches, tmp_path / "nothing", *common, "--resume"))
     assert "no run to resume" in line
-    resumed = _train(caches, tmp_path / "stopped", *common, "--resume")
+    (tmp_path / "stopped").rename(tmp_path / "moved")  # a run may be moved before it is resumed
+    resumed = _train(caches, tmp_path / "moved", *common, "--resume")
     assert resumed.exit_code == 0, resumed.output
 
     def metrics(run):
@@ -256,9 +259,9 @@ def test_stopped_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
             {k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader((run / "metrics.csv").open())
         ]
 
-    assert len(metrics(tmp_path / "full")) == 4 and metrics(tmp_path / "stopped") == metrics(tmp_path / "full")
+    assert len(metrics(tmp_path / "full")) == 4 and metrics(tmp_path / "moved") == metrics(tmp_path / "full")
     for which in ("last.pt", "best.pt"):
-        a, b = (torch.load(tmp_path / run / which, weights_only=True) for run in ("full", "stopped"))
+        a, b = (torch.load(tmp_path / run / which, weights_only=True) for run in ("full", "moved"))
         assert a["epoch"] == b["epoch"] and all(
             torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"]
         )

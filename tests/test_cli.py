@@ -63,5 +63,5 @@ def test_interrupt_says_how_to_continue(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr("extract.job.run_extract", interrupted)
     args = ["extract", "--games", "g.jsonl", "--regions", "r.h5", "--out", str(tmp_path / "o.h5"), "--device", "cpu"]
     result = CliRunner().invoke(main, args)
-    assert result.exit_code == 130 and "Interrupted. Finished work is kept" in result.output
+    assert result.exit_code == 130 and "Interrupted. Work finished so far is kept" in result.output
     assert "rerun the same command with --resume" in result.output and "Traceback" not in result.output

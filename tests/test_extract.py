@@ -145,7 +145,7 @@ def test_resume_refuses_a_run_with_other_settings(
         run_cli(*args, "--target-features", targets)
     monkeypatch.undo()
     refused = run_cli(*args, "--resume")  # same games and model, but nearest-region targets this time
-    assert refused.exit_code != 0 and "other inputs or settings" in refused.output
+    assert refused.exit_code != 0 and "the partial run had other target_features, target_mode" in refused.output
     resumed = run_cli(*args, "--target-features", targets, "--resume")
     assert resumed.exit_code == 0, resumed.output
     assert read_rows(out).attrs["target_mode"] == "file"
