@@ -478,6 +478,7 @@ def run_demo(config: DemoConfig, device: str) -> str:
         save_random_lxmert(lxmert, words, world_config.feature_size, hidden_size=64, seed=config.seed)
 
     steps.run("2/8 tiny random LXMERT (hidden 64, 1/1/1 layers)", tiny_lxmert)
+    interrupted = (oracle / "checkpoint.pt").is_file()  # an interrupted fine-tuning continues where it stopped
     finetune = FinetuneConfig(
         train=splits["train"],
         valid=splits["valid"],
@@ -489,8 +490,8 @@ def run_demo(config: DemoConfig, device: str) -> str:
         batch_size=64,
         seed=config.seed,
         device=device,
-        resume=(oracle / "checkpoint.pt").is_file(),  # an interrupted fine-tuning continues where it stopped
-        overwrite=not (oracle / "checkpoint.pt").is_file(),
+        resume=interrupted,
+        overwrite=not interrupted,
     )
     steps.run("3/8 fine-tune it as the single-turn oracle", lambda: run_finetune(finetune, device))
 

@@ -99,8 +99,8 @@ def evaluate(
         raise ValueError("no gold answers: give --cache or --games")
     if not (np.asarray(questions.answer) >= 0).any():
         raise ValueError(
-            f"{config.cache or config.games}: no question with a gold answer to score "
-            f"({len(questions.qid)} questions kept; check --status)"
+            f"{config.cache or config.games}: no question with a gold answer to score ({len(questions.qid)} "
+            "questions" + (f" in games with status {config.status})" if config.games else ")")
         )
     columns = {}  # name → (description, predicted labels [N])
     for run, model, checkpoint in models:

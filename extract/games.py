@@ -94,12 +94,12 @@ def read_games(path: Path, statuses: set[str] | None = frozenset({"success"}), k
 
     Games without questions are skipped (and counted) unless `keep_empty` (a game to play live)."""
     lines = _read_lines(path)
-    text = "".join(lines).lstrip()
-    if text.startswith("{") and "\n" in text.rstrip():
-        try:  # a single game written as one (pretty-printed) JSON object
-            return parse_games([(1, json.loads(text))], str(path), statuses, keep_empty)
+    first = next((line.strip() for line in lines if line.strip()), "")
+    if first.startswith("{") and not first.endswith("}"):  # not a JSON line: maybe one pretty-printed game
+        try:
+            return parse_games([(1, json.loads("".join(lines)))], str(path), statuses, keep_empty)
         except json.JSONDecodeError:
-            pass  # JSON lines after all
+            pass  # the line-by-line reader names the bad line
     return parse_games(_json_lines(lines, str(path)), str(path), statuses, keep_empty)
 
 

@@ -116,11 +116,11 @@ def check_inputs(
     if targets is not None:
         size = store.feature_size
         for g in games:
-            if g.target_id not in targets or targets.size(g.target_id) != size:
-                found = f"size {targets.size(g.target_id)}" if g.target_id in targets else "none"
+            found = targets.size(g.target_id) if g.target_id in targets else 0
+            if found != size:
                 raise RegionError(
                     f"{targets.path}: game {g.game_id}: target object {g.target_id} needs {size} features, found "
-                    f"{found}"
+                    f"{found or 'none'}"
                 )
     return games, len(missing)
 

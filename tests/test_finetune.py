@@ -198,7 +198,9 @@ def test_killed_finetune_resumes_to_the_same_weights(world: dict[str, Path], tmp
     assert (full / "finetune_metrics.csv").read_text() == (killed / "finetune_metrics.csv").read_text()
 
 
-def test_linear_head_without_marker_and_accumulation(world: dict[str, Path], tmp_path: Path) -> None:
+def test_linear_head_without_marker_and_accumulation(
+    world: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "plain"
     args = finetune_args(world, out, "--epochs", "1", "--head", "linear", "--marker", "none", "--accumulate", "3")
     result = CliRunner().invoke(main, [*args, "--max-length", "4"], catch_exceptions=False)
@@ -209,9 +211,12 @@ def test_linear_head_without_marker_and_accumulation(world: dict[str, Path], tmp
     _, _, _, extras = load_lxmert(str(out))
     assert set(extras) == {"head.weight", "head.bias"}
     best = float((out / "finetune_metrics.csv").read_text().splitlines()[1].split(",")[3])
+    lengths = []  # the max length every batch is tokenised with: the real collate, watched
+    monkeypatch.setattr("extract.finetune.collate", lambda e, t, n: lengths.append(n) or collate(e, t, n))
     evaluate = ["finetune", "--eval-only", "--model", out, "--valid", world["valid"], "--regions", world["regions"]]
-    again = CliRunner().invoke(main, [str(a) for a in evaluate])  # reads max length 4 from the oracle
+    again = CliRunner().invoke(main, [str(a) for a in evaluate])
     assert again.exit_code == 0 and f"accuracy {best:.4f}" in again.output, again.output
+    assert set(lengths) == {4}  # the oracle's own setting, not --max-length's default of 32
 
 
 @pytest.mark.slow
